@@ -1,0 +1,29 @@
+#include "core/process_stats.h"
+
+#include <cstdio>
+#include <cstring>
+
+namespace shardlm {
+
+namespace {
+int64_t status_kb(const char* key) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  int64_t kb = -1;
+  size_t klen = std::strlen(key);
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, key, klen) == 0) {
+      kb = std::atoll(line + klen);
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb;
+}
+}  // namespace
+
+int64_t peak_rss_bytes() { return status_kb("VmHWM:") * 1024; }
+int64_t current_rss_bytes() { return status_kb("VmRSS:") * 1024; }
+
+}  // namespace shardlm

@@ -1,0 +1,25 @@
+// What this process costs the machine: peak resident memory and wall time.
+#pragma once
+#include <chrono>
+#include <cstdint>
+
+namespace shardlm {
+
+// Peak resident set size in bytes (VmHWM), the figure `generate --json` reports.
+int64_t peak_rss_bytes();
+// Current resident set size in bytes (VmRSS).
+int64_t current_rss_bytes();
+
+class Stopwatch {
+ public:
+  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  void reset() { start_ = std::chrono::steady_clock::now(); }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace shardlm
