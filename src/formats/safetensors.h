@@ -2,6 +2,7 @@
 // {name: {dtype, shape, data_offsets:[begin,end]}, "__metadata__": {...}}, then the data.
 // Every offset, shape and dtype is checked against the file before any byte is used.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -34,10 +35,15 @@ struct TensorToWrite {
   std::string name;
   DType dtype;  // f32, f16 or bf16
   std::vector<int64_t> shape;
-  const void* data;
+  const void* data = nullptr;  // the bytes, or:
+  // fills dst with the tensor's bytes when it is written, so a generator or converter need not
+  // hold every tensor in memory at once.
+  std::function<void(uint8_t* dst)> fill;
+  int64_t nbytes() const;
 };
 
-// Writes a safetensors file (tensors in the given order, 8-byte aligned like the reference writer).
+// Writes a safetensors file (tensors in the given order, each 8-byte aligned as the reference
+// writer does). Writes to a temporary name first, so a failure never leaves a truncated file.
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 

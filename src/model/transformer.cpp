@@ -1,0 +1,102 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/cpu/ops.h"
+#include "model/rope.h"
+
+namespace shardlm {
+
+Transformer::Transformer(const ModelWeights& weights, ThreadPool& pool)
+    : w_(weights), pool_(pool), inv_freq_(rope_inverse_frequencies(weights.config)) {}
+
+KvCache Transformer::make_cache(int64_t capacity) const {
+  const ModelConfig& c = config();
+  return KvCache(int64_t(w_.layers.size()), capacity, c.num_kv_heads, c.head_dim);
+}
+
+void Transformer::reserve(int64_t n) {
+  if (n <= scratch_tokens_) return;
+  const ModelConfig& c = config();
+  h_.resize(size_t(n * c.hidden_size));
+  q_.resize(size_t(n * c.num_heads * c.head_dim));
+  attn_.resize(q_.size());
+  k_.resize(size_t(n * c.num_kv_heads * c.head_dim));
+  v_.resize(k_.size());
+  gate_.resize(size_t(n * c.intermediate_size));
+  up_.resize(gate_.size());
+  positions_.resize(size_t(n));
+  scratch_tokens_ = n;
+}
+
+void Transformer::embed(const int32_t* tokens, int64_t n, float* x) const {
+  const TensorView& e = w_.embedding;
+  const int64_t H = config().hidden_size;
+  for (int64_t t = 0; t < n; ++t) {
+    SHARDLM_CHECK(tokens[t] >= 0 && tokens[t] < config().vocab_size, "token id {} is outside the vocabulary (size {})",
+                  tokens[t], config().vocab_size);
+    to_f32(e.dtype, e.row(tokens[t]), x + t * H, H);
+  }
+}
+
+void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x, int64_t n, KvCache& cache) {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, D = c.head_dim, kv_dim = c.num_kv_heads * D;
+  const float eps = float(c.rms_norm_eps);
+  ops::rmsnorm(x, L.attn_norm.data(), h_.data(), n, H, eps);
+  matmul(pool_, h_.data(), n, L.q, q_.data());
+  matmul(pool_, h_.data(), n, L.k, k_.data());
+  matmul(pool_, h_.data(), n, L.v, v_.data());
+  if (!L.q_norm.empty()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
+    ops::rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.num_heads, D, eps);
+    ops::rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.num_kv_heads, D, eps);
+  }
+  const bool adjacent = c.rope_style == RopeStyle::Adjacent;
+  ops::rope(q_.data(), n, c.num_heads, D, positions_.data(), inv_freq_.data(), adjacent);
+  ops::rope(k_.data(), n, c.num_kv_heads, D, positions_.data(), inv_freq_.data(), adjacent);
+  for (int64_t t = 0; t < n; ++t) {
+    std::memcpy(cache.k(layer) + positions_[size_t(t)] * kv_dim, k_.data() + t * kv_dim, size_t(kv_dim) * 4);
+    std::memcpy(cache.v(layer) + positions_[size_t(t)] * kv_dim, v_.data() + t * kv_dim, size_t(kv_dim) * 4);
+  }
+  ops::attention(pool_, q_.data(), n, positions_.data(), cache.k(layer), cache.v(layer),
+                 {c.num_heads, c.num_kv_heads, D, cache.stride()}, attn_.data());
+  matmul(pool_, attn_.data(), n, L.o, x, /*accumulate=*/true);  // residual add fused
+}
+
+void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
+  const ModelConfig& c = config();
+  ops::rmsnorm(x, L.mlp_norm.data(), h_.data(), n, c.hidden_size, float(c.rms_norm_eps));
+  matmul(pool_, h_.data(), n, L.gate, gate_.data());
+  matmul(pool_, h_.data(), n, L.up, up_.data());
+  ops::swiglu(gate_.data(), up_.data(), gate_.data(), n * c.intermediate_size);
+  matmul(pool_, gate_.data(), n, L.down, x, /*accumulate=*/true);
+}
+
+void Transformer::run_layers(float* x, int64_t n, int64_t start, KvCache& cache) {
+  SHARDLM_CHECK(start >= 0 && start + n <= cache.capacity(),
+                "positions {}..{} do not fit the context of {} tokens", start, start + n - 1, cache.capacity());
+  reserve(n);
+  for (int64_t t = 0; t < n; ++t) positions_[size_t(t)] = int32_t(start + t);
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    attention_block(w_.layers[i], int64_t(i), x, n, cache);
+    mlp_block(w_.layers[i], x, n);
+  }
+}
+
+void Transformer::head(const float* x_last, float* logits) {
+  const ModelConfig& c = config();
+  reserve(1);
+  ops::rmsnorm(x_last, w_.final_norm.data(), h_.data(), 1, c.hidden_size, float(c.rms_norm_eps));
+  matmul(pool_, h_.data(), 1, w_.lm_head, logits);
+}
+
+void Transformer::forward(const int32_t* tokens, int64_t n, int64_t start, KvCache& cache, float* logits) {
+  std::vector<float> x(size_t(n * config().hidden_size));
+  embed(tokens, n, x.data());
+  run_layers(x.data(), n, start, cache);
+  head(x.data() + (n - 1) * config().hidden_size, logits);
+}
+
+}  // namespace shardlm
