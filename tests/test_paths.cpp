@@ -32,7 +32,7 @@ std::string qwen3_tokenizer_dir() {
 std::string shardlm_binary() { return SHARDLM_BINARY; }
 
 std::string scratch_dir(const std::string& name) {
-  fs::path dir = fs::current_path() / "scratch" / name;
+  fs::path dir = fs::path(SHARDLM_TEST_SCRATCH_DIR) / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
