@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   CLI::App app{"shardlm: run one large language model on one machine or split over several"};
   app.set_version_flag("--version", SHARDLM_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // -q / -v work before or after the subcommand
   bool quiet = false, verbose = false;
   app.add_flag("-q,--quiet", quiet, "Print no progress on stderr");
   app.add_flag("-v,--verbose", verbose, "Print debugging detail on stderr");
@@ -19,7 +20,12 @@ int main(int argc, char** argv) {
     if (quiet) shardlm::set_log_level(shardlm::LogLevel::Quiet);
     if (verbose) shardlm::set_log_level(shardlm::LogLevel::Debug);
   });
-  // subcommands
+  shardlm::cli::add_make_model(app);
+  shardlm::cli::add_tokenize(app);
+  shardlm::cli::add_generate(app);
+  shardlm::cli::add_bench(app);
+  shardlm::cli::add_inspect(app);
+  shardlm::cli::add_convert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

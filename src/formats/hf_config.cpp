@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "formats/json_error.h"
 #include "formats/model_config.h"
 
 namespace shardlm {
@@ -100,7 +101,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& source) 
   try {
     j = json::parse(text);
   } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", source, e.what());
+    fail("{}: not valid JSON: {}", source, json_error_text(e));
   }
   if (!j.is_object()) fail("{}: expected a JSON object", source);
 

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "formats/json_error.h"
 #include "formats/model_files.h"
 #include "formats/safetensors.h"
 
@@ -65,7 +66,7 @@ class HfFolder final : public ModelFiles {
     try {
       index = json::parse(ss.str());
     } catch (const json::exception& e) {
-      fail("{}: not valid JSON: {}", index_path, e.what());
+      fail("{}: not valid JSON: {}", index_path, json_error_text(e));
     }
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
       fail("{}: no weight_map object", index_path);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "formats/json_error.h"
 
 namespace shardlm {
 
@@ -72,7 +73,7 @@ void SafetensorsFile::parse(const uint8_t* bytes, size_t size, const std::string
   try {
     header = json::parse(bytes + 8, bytes + 8 + header_len);
   } catch (const json::exception& e) {
-    fail("{}: corrupt safetensors header: {}", name, e.what());
+    fail("{}: corrupt safetensors header: {}", name, json_error_text(e));
   }
   if (!header.is_object()) fail("{}: corrupt safetensors header (not a JSON object)", name);
 

@@ -28,10 +28,23 @@ struct TokenizerSpec {
   std::vector<AddedToken> added_tokens;
   std::vector<int32_t> eos_ids;  // from tokenizer_config.json / GGUF, may be empty
   std::string source;            // file it came from, for error messages
+
+  // The ByteLevel pre-tokenizer step runs after split_regexes, on each piece: it prepends a space
+  // (byte_level_add_prefix_space, when the piece does not start with one), then, when
+  // byte_level_use_regex, splits the piece with GPT-2's regex (the tokenizer.json default).
+  bool byte_level_use_regex = false;
+  // BPE: a whole piece that is itself a vocab entry becomes that token without merging (Llama-3).
+  bool ignore_merges = false;
+  // BPE: token for characters missing from the vocab (never needed when all 256 byte
+  // characters are in it); empty = such characters are dropped, as Hugging Face does.
+  std::string unk_token;
+  bool fuse_unk = false;  // consecutive unknown characters become one unk_token
 };
 
-// Reads <dir>/tokenizer.json (and tokenizer_config.json when present). Throws Error naming the
-// file on anything it does not support (model type other than BPE, unknown pre-tokenizer...).
+// Reads <dir>/tokenizer.json (or the file given), and eos_ids from tokenizer_config.json's
+// eos_token plus generation_config.json's eos_token_id when those sit beside it. Throws Error
+// naming the file on anything it does not support (model type other than BPE, unknown
+// pre-tokenizer...). Ids are those Hugging Face `tokenizers` uses.
 TokenizerSpec load_tokenizer_json(const std::string& dir_or_file);
 TokenizerSpec parse_tokenizer_json(const std::string& json_text, const std::string& source);
 

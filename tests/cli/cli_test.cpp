@@ -1,0 +1,147 @@
+// The shardlm binary as a user runs it: help, outputs, and one clear error line for bad input.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "test_models.h"
+#include "test_paths.h"
+
+using namespace shardlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CommandResult {
+  int status;
+  std::string out, err;
+};
+CommandResult shardlm_run(const std::string& args) {
+  CommandResult r;
+  r.status = test::run_command(test::shardlm_binary() + " " + args, &r.out, &r.err);
+  return r;
+}
+
+// Exit status 1, and stderr ends with exactly one error line that contains `needle` (progress
+// lines may come before it).
+void expect_one_error_line(const CommandResult& r, const std::string& needle) {
+  EXPECT_EQ(r.status, 1) << r.err;
+  size_t at = r.err.find("shardlm: error: ");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  EXPECT_TRUE(at == 0 || r.err[at - 1] == '\n') << r.err;
+  std::string line = r.err.substr(at);
+  EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(line.back(), '\n') << r.err;
+  EXPECT_NE(line.find(needle), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("shardlm: error", at + 1), std::string::npos) << "more than one error: " << r.err;
+}
+
+std::string copy_of_tiny(const std::string& name) {
+  std::string src = test::test_model({});
+  std::string dst = test::scratch_dir(name);
+  fs::copy(src, dst, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  return dst;
+}
+
+void replace_in_file(const std::string& path, const std::string& from, const std::string& to) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  auto at = text.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  text.replace(at, from.size(), to);
+  std::ofstream(path) << text;
+}
+
+}  // namespace
+
+TEST(Cli, HelpListsEverySubcommand) {
+  CommandResult r = shardlm_run("--help");
+  EXPECT_EQ(r.status, 0);
+  for (const char* sub : {"make-model", "tokenize", "generate", "bench", "inspect", "convert"}) {
+    EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+    CommandResult h = shardlm_run(std::string(sub) + " --help");
+    EXPECT_EQ(h.status, 0) << sub;
+    EXPECT_NE(h.out.find("--"), std::string::npos) << sub;
+  }
+}
+
+TEST(Cli, TokenizePrintsIdsAndDecodesThemBack) {
+  std::string tok = test::qwen3_tokenizer_dir();
+  CommandResult r = shardlm_run("tokenize --tokenizer " + tok + " --text 'Hello world'");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "9707 1879\n");  // Qwen tokenizer: "Hello", " world"
+  CommandResult d = shardlm_run("tokenize --tokenizer " + tok + " --decode 9707,1879");
+  EXPECT_EQ(d.out, "Hello world\n");
+  expect_one_error_line(shardlm_run("tokenize --tokenizer " + tok + " --decode 12x"), "'12x' is not a token id");
+}
+
+TEST(Cli, GenerateJsonHasIdsTextAndFigures) {
+  std::string model = test::test_model({});
+  CommandResult r = shardlm_run("generate -q --model " + model + " --prompt 'The capital of France is' -n 8 --ignore-eos --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["token_ids"].size(), 8u);
+  EXPECT_EQ(j["prompt_ids"].size(), 5u);
+  for (const char* key : {"text", "load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_GT(j["peak_rss_bytes"].get<int64_t>(), 0);
+  EXPECT_GT(j["decode_tok_s"].get<double>(), 0);
+  // Greedy decoding is deterministic, and the streamed text is the JSON text.
+  CommandResult again = shardlm_run("generate -q --model " + model + " --prompt 'The capital of France is' -n 8 --ignore-eos");
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_EQ(again.out, j["text"].get<std::string>() + "\n");
+}
+
+TEST(Cli, MissingModelIsOneClearError) {
+  expect_one_error_line(shardlm_run("generate --model /nonexistent/model --prompt hi"), "/nonexistent/model: no such file");
+  expect_one_error_line(shardlm_run("inspect --model " + test::source_dir() + "/README.md"),
+                        "expected a Hugging Face model folder or a .gguf file");
+}
+
+TEST(Cli, TruncatedSafetensorsNamesTheFile) {
+  std::string dir = copy_of_tiny("cli_truncated");
+  fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") / 2);
+  expect_one_error_line(shardlm_run("generate --model " + dir + " --prompt hi"), "model.safetensors");
+}
+
+TEST(Cli, CorruptSafetensorsHeaderNamesTheFile) {
+  std::string dir = copy_of_tiny("cli_corrupt");
+  {
+    std::fstream f(dir + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(9);
+    f.write("\x01\x02garbage", 9);
+  }
+  expect_one_error_line(shardlm_run("inspect --model " + dir), "corrupt safetensors header");
+}
+
+TEST(Cli, ShapeDisagreeingWithConfigNamesTheTensor) {
+  std::string dir = copy_of_tiny("cli_shape");
+  replace_in_file(dir + "/config.json", "\"intermediate_size\": 768", "\"intermediate_size\": 1024");
+  expect_one_error_line(shardlm_run("generate --model " + dir + " --prompt hi"),
+                        "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [768, 256] but config.json implies [1024, 256]");
+}
+
+TEST(Cli, UnknownArchitectureIsRefused) {
+  std::string dir = copy_of_tiny("cli_arch");
+  replace_in_file(dir + "/config.json", "\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+  expect_one_error_line(shardlm_run("generate --model " + dir + " --prompt hi"), "model_type 'mamba' is not supported");
+}
+
+TEST(Cli, PromptLongerThanContextIsRefused) {
+  std::string model = test::test_model({});
+  std::string prompt_file = test::scratch_dir("cli_long") + "/prompt.txt";
+  std::string words;
+  for (int i = 0; i < 200; ++i) words += " word" + std::to_string(i);
+  std::ofstream(prompt_file) << words;
+  expect_one_error_line(shardlm_run("generate --model " + model + " --prompt-file " + prompt_file + " --context 64 -n 4"),
+                        "but the context holds 64");
+}
+
+TEST(Cli, BadFlagsAreRejectedWithUsage) {
+  CommandResult r = shardlm_run("generate --model x --prompt hi --temperature -1");
+  EXPECT_NE(r.status, 0);
+  CommandResult u = shardlm_run("make-model --preset huge --tokenizer x --out y");
+  EXPECT_NE(u.status, 0);
+  EXPECT_NE(u.err.find("huge"), std::string::npos) << u.err;
+}

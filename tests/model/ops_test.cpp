@@ -1,0 +1,120 @@
+// Properties of the layer operations, checked against plain double-precision formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec.h"
+#include "model/rope.h"
+
+using namespace shardlm;
+
+namespace {
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+}  // namespace
+
+TEST(Ops, VecPrimitivesMatchScalarAtEveryLength) {
+  for (int64_t n = 0; n < 80; ++n) {
+    auto a = randn(size_t(n), 1), b = randn(size_t(n), 2);
+    double ref = 0;
+    for (int64_t i = 0; i < n; ++i) ref += double(a[size_t(i)]) * b[size_t(i)];
+    EXPECT_NEAR(vec::dot(a.data(), b.data(), n), ref, 1e-4) << n;
+    auto y = b;
+    vec::axpy(0.5f, a.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[size_t(i)], b[size_t(i)] + 0.5f * a[size_t(i)]);
+  }
+}
+
+TEST(Ops, RmsNormMatchesFormula) {
+  auto x = randn(3 * 40, 3), w = randn(40, 4);
+  std::vector<float> y(x.size());
+  ops::rmsnorm(x.data(), w.data(), y.data(), 3, 40, 1e-5f);
+  for (int t = 0; t < 3; ++t) {
+    double ss = 0;
+    for (int i = 0; i < 40; ++i) ss += double(x[size_t(t * 40 + i)]) * x[size_t(t * 40 + i)];
+    double scale = 1 / std::sqrt(ss / 40 + 1e-5);
+    for (int i = 0; i < 40; ++i) EXPECT_NEAR(y[size_t(t * 40 + i)], w[size_t(i)] * x[size_t(t * 40 + i)] * scale, 1e-5);
+  }
+}
+
+TEST(Ops, RopeDependsOnlyOnRelativePosition) {
+  ModelConfig c;
+  c.head_dim = 64, c.rope_theta = 10000;
+  auto inv = rope_inverse_frequencies(c);
+  for (bool adjacent : {false, true}) {
+    auto q = randn(64, 5), k = randn(64, 6);
+    auto rotated_dot = [&](int32_t pq, int32_t pk) {
+      auto a = q, b = k;
+      ops::rope(a.data(), 1, 1, 64, &pq, inv.data(), adjacent);
+      ops::rope(b.data(), 1, 1, 64, &pk, inv.data(), adjacent);
+      // Rotation keeps the norm.
+      EXPECT_NEAR(vec::dot(a.data(), a.data(), 64), vec::dot(q.data(), q.data(), 64), 1e-3);
+      return vec::dot(a.data(), b.data(), 64);
+    };
+    EXPECT_NEAR(rotated_dot(10, 3), rotated_dot(107, 100), 1e-3);
+    EXPECT_NEAR(rotated_dot(0, 0), vec::dot(q.data(), k.data(), 64), 1e-4);
+  }
+}
+
+TEST(Ops, RopeAdjacentPairsEqualHalvesUnderPermutation) {
+  // GGUF llama files store Q/K rows permuted so that rotating adjacent pairs equals
+  // Hugging Face's rotation of halves: element i <-> 2i, i + d/2 <-> 2i + 1.
+  ModelConfig c;
+  c.head_dim = 16, c.rope_theta = 500000;
+  auto inv = rope_inverse_frequencies(c);
+  auto x = randn(16, 7);
+  std::vector<float> perm(16);
+  for (int i = 0; i < 8; ++i) perm[size_t(2 * i)] = x[size_t(i)], perm[size_t(2 * i + 1)] = x[size_t(i + 8)];
+  int32_t pos = 37;
+  ops::rope(x.data(), 1, 1, 16, &pos, inv.data(), false);
+  ops::rope(perm.data(), 1, 1, 16, &pos, inv.data(), true);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_FLOAT_EQ(perm[size_t(2 * i)], x[size_t(i)]);
+    EXPECT_FLOAT_EQ(perm[size_t(2 * i + 1)], x[size_t(i + 8)]);
+  }
+}
+
+TEST(Ops, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {
+  ModelConfig c;
+  c.head_dim = 64, c.rope_theta = 500000;
+  auto plain = rope_inverse_frequencies(c);
+  c.rope_scaling = RopeScaling{"llama3", 32.0, 1.0, 4.0, 8192};
+  auto scaled = rope_inverse_frequencies(c);
+  EXPECT_FLOAT_EQ(scaled[0], plain[0]);                 // wavelength 2*pi < 2048: unchanged
+  EXPECT_FLOAT_EQ(scaled[31], plain[31] / 32.0f);       // longest wavelengths divided by factor
+  for (size_t i = 0; i < 32; ++i) EXPECT_LE(scaled[i], plain[i] * 1.0000001f);
+}
+
+TEST(Ops, AttentionMatchesNaiveCausalSoftmax) {
+  const int64_t T = 5, H = 4, KV = 2, D = 8, stride = KV * D;
+  auto q = randn(size_t(T * H * D), 8), k = randn(size_t(T * stride), 9), v = randn(size_t(T * stride), 10);
+  std::vector<int32_t> pos = {0, 1, 2, 3, 4};
+  std::vector<float> out(q.size());
+  ThreadPool pool(2);
+  ops::attention(pool, q.data(), T, pos.data(), k.data(), v.data(), {H, KV, D, stride}, out.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / (H / KV);
+      std::vector<double> s(size_t(t + 1));
+      double mx = -1e30, sum = 0;
+      for (int64_t p = 0; p <= t; ++p) {
+        double d = 0;
+        for (int64_t i = 0; i < D; ++i) d += double(q[size_t((t * H + h) * D + i)]) * k[size_t(p * stride + g * D + i)];
+        s[size_t(p)] = d / std::sqrt(double(D));
+        mx = std::max(mx, s[size_t(p)]);
+      }
+      for (auto& x : s) sum += (x = std::exp(x - mx));
+      for (int64_t i = 0; i < D; ++i) {
+        double o = 0;
+        for (int64_t p = 0; p <= t; ++p) o += s[size_t(p)] / sum * v[size_t(p * stride + g * D + i)];
+        EXPECT_NEAR(out[size_t((t * H + h) * D + i)], o, 1e-5);
+      }
+    }
+}
