@@ -102,7 +102,7 @@ struct QuantLoad {  // the 8 weights starting at k (a multiple of 8), scaled
 // Rows in memory order, one sequential stream per thread (see matmul_avx512.cpp).
 
 template <int M>
-constexpr int kChains = M == 1 ? 4 : M == 2 ? 2 : 1;
+constexpr int kChains = M == 1 ? 4 : 2;
 
 constexpr int64_t kPrefetchBytes = 4096;
 

@@ -97,73 +97,96 @@ struct Q4Weights {
   }
 };
 
-// ---- Decode: one weight row at a time, against M activation vectors -----------------------
-// Rows are read in memory order, one sequential stream per thread: the hardware prefetchers
-// follow one stream across pages, while several rows at once (4 KB apart, each its own page)
-// retrain them at every page and leave bandwidth unused.
-
-// Independent accumulators per activation vector: together at least 4 chains, enough for the
-// FMA latency at the rate memory delivers weights.
+// ---- Decode: R weight rows x M activation vectors at a time --------------------------------
+// M = 1 reads one row at a time, so each thread is one sequential stream: the hardware
+// prefetchers follow it across pages, while rows 4 KB apart (each its own page) retrain them at
+// every page (measured: 20-40% less bandwidth with 4 rows at a time). More activation vectors
+// take 2 rows at a time so each activation load (from L1, or L2 when M*K floats exceed L1)
+// serves two rows.
+static const int kRowsEnv = std::getenv("RS") ? std::atoi(std::getenv("RS")) : 5;  // TUNING
 template <int M>
-constexpr int kChains = M == 1 ? 4 : M == 2 ? 2 : 1;
+constexpr int kRowsPerStep = M < 5 ? 1 : 2;
+// Independent accumulators per (vector, row): at least 8 chains in all where registers allow,
+// to cover the FMA latency.
+template <int M>
+constexpr int kChains = M * kRowsPerStep<M> >= 5 ? 1 : M * kRowsPerStep<M> >= 3 ? 2 : 4;
 
-// Software prefetch this far ahead in the stream, on top of the hardware prefetchers, which
+// Software prefetch this far ahead in each row, on top of the hardware prefetchers, which
 // alone keep too few misses in flight (measured: +10-25% at 1-2 threads on Zen 5).
 static const int64_t kPrefetchBytes = std::getenv("PF") ? std::atoll(std::getenv("PF")) : 4096;  // TUNING
 
 inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
-template <int M>
-inline void store_dots(__m512 (&acc)[M][kChains<M>], float* y, int64_t N, bool accumulate) {
-  for (int m = 0; m < M; ++m) {
-    __m512 s = acc[m][0];
-    for (int a = 1; a < kChains<M>; ++a) s = _mm512_add_ps(s, acc[m][a]);
-    const float v = _mm512_reduce_add_ps(s);
-    y[m * N] = accumulate ? y[m * N] + v : v;
-  }
+template <int M, int R, int A>
+inline void store_dots(__m512 (&acc)[M][R][A], float* y, int64_t N, bool accumulate) {
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      __m512 s = acc[m][r][0];
+      for (int a = 1; a < A; ++a) s = _mm512_add_ps(s, acc[m][r][a]);
+      const float v = _mm512_reduce_add_ps(s);
+      y[m * N + r] = accumulate ? y[m * N + r] + v : v;
+    }
 }
 
-template <class W, int M>
-void dot_row_float(const float* x, int64_t K, const uint8_t* row, float* y, int64_t N, bool accumulate) {
+template <class W, int M, int R>
+void dot_rows_float(const float* x, int64_t K, const uint8_t* w, int64_t stride, float* y, int64_t N,
+                    bool accumulate) {
   constexpr int A = kChains<M>;
   constexpr int64_t kStep = 16 * A, kStepBytes = kStep * W::kBytes;
-  __m512 acc[M][A];
+  __m512 acc[M][R][A];
   for (auto& a : acc)
-    for (auto& c : a) c = _mm512_setzero_ps();
+    for (auto& b : a)
+      for (auto& c : b) c = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + kStep <= K; k += kStep) {
-    for (int64_t line = 0; line < kStepBytes; line += 64) prefetch(row + W::kBytes * k + line + kPrefetchBytes);
-    __m512 wv[A];
-    for (int a = 0; a < A; ++a) wv[a] = W::load(row, k + 16 * a);
+    __m512 wv[R][A];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* row = w + r * stride;
+      for (int64_t line = 0; line < kStepBytes; line += 64) prefetch(row + W::kBytes * k + line + (R == 1 ? kPrefetchBytes : R * stride));
+      for (int a = 0; a < A; ++a) wv[r][a] = W::load(row, k + 16 * a);
+    }
     for (int m = 0; m < M; ++m)
-      for (int a = 0; a < A; ++a) acc[m][a] = _mm512_fmadd_ps(wv[a], _mm512_loadu_ps(x + m * K + k + 16 * a), acc[m][a]);
+      for (int a = 0; a < A; ++a) {
+        const __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * a);
+        for (int r = 0; r < R; ++r) acc[m][r][a] = _mm512_fmadd_ps(wv[r][a], xv, acc[m][r][a]);
+      }
   }
   for (; k < K; k += 16) {  // the last columns, masked
     const __mmask16 mask = first_lanes(K - k);
-    const __m512 wv = W::load(row, k, mask);
-    for (int m = 0; m < M; ++m) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, x + m * K + k), acc[m][0]);
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = W::load(w + r * stride, k, mask);
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(wv[r], xv, acc[m][r][0]);
+    }
   }
-  store_dots<M>(acc, y, N, accumulate);
+  store_dots(acc, y, N, accumulate);
 }
 
 // Quantized rows: sum q*x over a block in f32, then scale once per block; consecutive blocks
 // go to different accumulators.
-template <class W, int M>
-void dot_row_quant(const float* x, int64_t K, const uint8_t* row, float* y, int64_t N, bool accumulate) {
+template <class W, int M, int R>
+void dot_rows_quant(const float* x, int64_t K, const uint8_t* w, int64_t stride, float* y, int64_t N,
+                    bool accumulate) {
   constexpr int A = kChains<M>;
-  __m512 acc[M][A];
+  __m512 acc[M][R][A];
   for (auto& a : acc)
-    for (auto& c : a) c = _mm512_setzero_ps();
+    for (auto& b : a)
+      for (auto& c : b) c = _mm512_setzero_ps();
   auto block_step = [&]<int chain>(int64_t b) {
-    const uint8_t* block = row + b * W::kBlockBytes;
-    prefetch(block + kPrefetchBytes);
-    __m512 lo, hi;
-    W::integers(block, lo, hi);
-    const __m512 d = _mm512_set1_ps(block_scale(block));
+    __m512 lo[R], hi[R], d[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* block = w + r * stride + b * W::kBlockBytes;
+      prefetch(block + (R == 1 ? kPrefetchBytes : R * stride));
+      W::integers(block, lo[r], hi[r]);
+      d[r] = _mm512_set1_ps(block_scale(block));
+    }
     for (int m = 0; m < M; ++m) {
-      const float* xb = x + m * K + 32 * b;
-      const __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
-      acc[m][chain] = _mm512_fmadd_ps(t, d, acc[m][chain]);
+      const __m512 xa = _mm512_loadu_ps(x + m * K + 32 * b), xb = _mm512_loadu_ps(x + m * K + 32 * b + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 t = _mm512_fmadd_ps(hi[r], xb, _mm512_mul_ps(lo[r], xa));
+        acc[m][r][chain] = _mm512_fmadd_ps(t, d[r], acc[m][r][chain]);
+      }
     }
   };
   const int64_t blocks = K / 32;
@@ -172,16 +195,20 @@ void dot_row_quant(const float* x, int64_t K, const uint8_t* row, float* y, int6
     [&]<int... a>(std::integer_sequence<int, a...>) { (block_step.template operator()<a>(b + a), ...); }(
         std::make_integer_sequence<int, A>{});
   for (; b < blocks; ++b) block_step.template operator()<0>(b);
-  store_dots<M>(acc, y, N, accumulate);
+  store_dots(acc, y, N, accumulate);
 }
 
 template <class W, bool kQuant, int M>
 void gemv_rows(const float* x, const WeightMatrix& w, int64_t n0, int64_t n1, float* y, bool accumulate) {
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w.data + n * w.row_stride;
-    if constexpr (kQuant) dot_row_quant<W, M>(x, w.cols, row, y + n, w.rows, accumulate);
-    else dot_row_float<W, M>(x, w.cols, row, y + n, w.rows, accumulate);
-  }
+  auto rows = [&]<int R>(int64_t n) {
+    const uint8_t* first = w.data + n * w.row_stride;
+    if constexpr (kQuant) dot_rows_quant<W, M, R>(x, w.cols, first, w.row_stride, y + n, w.rows, accumulate);
+    else dot_rows_float<W, M, R>(x, w.cols, first, w.row_stride, y + n, w.rows, accumulate);
+  };
+  constexpr int R = kRowsPerStep<M>;
+  int64_t n = n0;
+  if (M >= kRowsEnv) for (; n + R <= n1; n += R) rows.template operator()<R>(n);
+  for (; n < n1; ++n) rows.template operator()<1>(n);
 }
 
 template <class W, bool kQuant>
