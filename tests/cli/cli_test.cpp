@@ -145,3 +145,19 @@ TEST(Cli, BadFlagsAreRejectedWithUsage) {
   EXPECT_NE(u.status, 0);
   EXPECT_NE(u.err.find("huge"), std::string::npos) << u.err;
 }
+
+TEST(Cli, ConvertWritesAGgufThatGeneratesTheSameTokensAndTruncationIsAnError) {
+  std::string model = test::test_model({});
+  std::string dir = test::scratch_dir("cli_convert");
+  CommandResult c = shardlm_run("convert -q --model " + model + " --out " + dir + "/m.gguf --dtype f32");
+  ASSERT_EQ(c.status, 0) << c.err;
+  std::string args = " --prompt 'The capital of France is' -n 8 --ignore-eos";
+  CommandResult a = shardlm_run("generate -q --model " + model + args);
+  CommandResult b = shardlm_run("generate -q --model " + dir + "/m.gguf" + args);
+  ASSERT_EQ(b.status, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  CommandResult i = shardlm_run("inspect --model " + dir + "/m.gguf");
+  EXPECT_NE(i.out.find("GGUF"), std::string::npos) << i.out;
+  fs::resize_file(dir + "/m.gguf", fs::file_size(dir + "/m.gguf") - 1000);
+  expect_one_error_line(shardlm_run("generate --model " + dir + "/m.gguf --prompt hi"), "m.gguf");
+}
