@@ -10,23 +10,28 @@
 namespace shardlm {
 
 Transformer::Transformer(const ModelWeights& weights, ThreadPool& pool)
-    : w_(weights), pool_(pool), inv_freq_(rope_inverse_frequencies(weights.config)) {}
+    : w_(weights),
+      pool_(pool),
+      inv_freq_(rope_inverse_frequencies(weights.config)),
+      n_heads_(weights.slice.head_end - weights.slice.head_begin),
+      n_kv_heads_(weights.slice.kv_head_end - weights.slice.kv_head_begin),
+      ffn_(weights.slice.ffn_end - weights.slice.ffn_begin) {}
 
 KvCache Transformer::make_cache(int64_t capacity) const {
-  const ModelConfig& c = config();
-  return KvCache(int64_t(w_.layers.size()), capacity, c.num_kv_heads, c.head_dim);
+  return KvCache(int64_t(w_.layers.size()), capacity, n_kv_heads_, config().head_dim);
 }
 
 void Transformer::reserve(int64_t n) {
   if (n <= scratch_tokens_) return;
   const ModelConfig& c = config();
   h_.resize(size_t(n * c.hidden_size));
-  q_.resize(size_t(n * c.num_heads * c.head_dim));
+  q_.resize(size_t(n * n_heads_ * c.head_dim));
   attn_.resize(q_.size());
-  k_.resize(size_t(n * c.num_kv_heads * c.head_dim));
+  k_.resize(size_t(n * n_kv_heads_ * c.head_dim));
   v_.resize(k_.size());
-  gate_.resize(size_t(n * c.intermediate_size));
+  gate_.resize(size_t(n * ffn_));
   up_.resize(gate_.size());
+  if (w_.tensor_parallel) partial_.resize(h_.size());
   positions_.resize(size_t(n));
   scratch_tokens_ = n;
 }
@@ -41,28 +46,41 @@ void Transformer::embed(const int32_t* tokens, int64_t n, float* x) const {
   }
 }
 
+void Transformer::project_and_add(const WeightMatrix& w, const float* a, int64_t n, float* x) {
+  if (!w_.tensor_parallel) {
+    matmul(pool_, a, n, w, x, /*accumulate=*/true);  // residual add fused
+    return;
+  }
+  SHARDLM_CHECK(bool(all_reduce_), "internal: tensor-parallel weights without an all-reduce");
+  const int64_t count = n * config().hidden_size;
+  matmul(pool_, a, n, w, partial_.data());
+  all_reduce_(partial_.data(), count);
+  for (int64_t i = 0; i < count; ++i) x[i] += partial_[size_t(i)];
+}
+
 void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x, int64_t n, KvCache& cache) {
   const ModelConfig& c = config();
-  const int64_t H = c.hidden_size, D = c.head_dim, kv_dim = c.num_kv_heads * D;
+  const int64_t H = c.hidden_size, D = c.head_dim, kv_dim = n_kv_heads_ * D;
   const float eps = float(c.rms_norm_eps);
   ops::rmsnorm(x, L.attn_norm.data(), h_.data(), n, H, eps);
   matmul(pool_, h_.data(), n, L.q, q_.data());
   matmul(pool_, h_.data(), n, L.k, k_.data());
   matmul(pool_, h_.data(), n, L.v, v_.data());
   if (!L.q_norm.empty()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
-    ops::rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.num_heads, D, eps);
-    ops::rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.num_kv_heads, D, eps);
+    ops::rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * n_heads_, D, eps);
+    ops::rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * n_kv_heads_, D, eps);
   }
   const bool adjacent = c.rope_style == RopeStyle::Adjacent;
-  ops::rope(q_.data(), n, c.num_heads, D, positions_.data(), inv_freq_.data(), adjacent);
-  ops::rope(k_.data(), n, c.num_kv_heads, D, positions_.data(), inv_freq_.data(), adjacent);
+  ops::rope(q_.data(), n, n_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
+  ops::rope(k_.data(), n, n_kv_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
   for (int64_t t = 0; t < n; ++t) {
     std::memcpy(cache.k(layer) + positions_[size_t(t)] * kv_dim, k_.data() + t * kv_dim, size_t(kv_dim) * 4);
     std::memcpy(cache.v(layer) + positions_[size_t(t)] * kv_dim, v_.data() + t * kv_dim, size_t(kv_dim) * 4);
   }
-  ops::attention(pool_, q_.data(), n, positions_.data(), cache.k(layer), cache.v(layer),
-                 {c.num_heads, c.num_kv_heads, D, cache.stride()}, attn_.data());
-  matmul(pool_, attn_.data(), n, L.o, x, /*accumulate=*/true);  // residual add fused
+  const ops::AttentionShape shape{n_heads_, D, cache.stride(), c.num_heads / c.num_kv_heads, w_.slice.head_begin,
+                                  w_.slice.kv_head_begin};
+  ops::attention(pool_, q_.data(), n, positions_.data(), cache.k(layer), cache.v(layer), shape, attn_.data());
+  project_and_add(L.o, attn_.data(), n, x);
 }
 
 void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
@@ -70,8 +88,8 @@ void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   ops::rmsnorm(x, L.mlp_norm.data(), h_.data(), n, c.hidden_size, float(c.rms_norm_eps));
   matmul(pool_, h_.data(), n, L.gate, gate_.data());
   matmul(pool_, h_.data(), n, L.up, up_.data());
-  ops::swiglu(gate_.data(), up_.data(), gate_.data(), n * c.intermediate_size);
-  matmul(pool_, gate_.data(), n, L.down, x, /*accumulate=*/true);
+  ops::swiglu(gate_.data(), up_.data(), gate_.data(), n * ffn_);
+  project_and_add(L.down, gate_.data(), n, x);
 }
 
 void Transformer::run_layers(float* x, int64_t n, int64_t start, KvCache& cache) {

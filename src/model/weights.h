@@ -18,25 +18,36 @@ struct LayerWeights {
   WeightMatrix gate, up, down;             // [ffn, hidden] x2, [hidden, ffn]
 };
 
-// Which part of the model this rank holds (the whole model by default).
+// Which part of the model this rank holds (the whole model by default). Ranges are
+// [begin, end); an end of -1 means "to the end".
 struct ModelSlice {
-  int64_t layer_begin = 0;
-  int64_t layer_end = -1;  // -1: to the last layer
-  bool embedding = true;   // first pipeline stage
-  bool head = true;        // last pipeline stage: final norm and lm_head
+  int64_t layer_begin = 0, layer_end = -1;  // pipeline stage
+  bool embedding = true;                    // first stage
+  bool head = true;                         // last stage: final norm and lm_head
+  // Tensor-parallel share of every layer: query heads, the kv heads they read, MLP features,
+  // and lm_head rows (vocabulary ids).
+  int64_t head_begin = 0, head_end = -1;
+  int64_t kv_head_begin = 0, kv_head_end = -1;
+  int64_t ffn_begin = 0, ffn_end = -1;
+  int64_t vocab_begin = 0, vocab_end = -1;
 };
 
 struct ModelWeights {
   ModelConfig config;
-  ModelSlice slice;
+  ModelSlice slice;              // with every -1 resolved
+  bool tensor_parallel = false;  // holds only part of each layer
   TensorView embedding;          // [vocab, hidden], any dtype
   std::vector<LayerWeights> layers;  // layers[i] is model layer slice.layer_begin + i
   std::vector<float> final_norm;
-  WeightMatrix lm_head;          // the embedding itself when tied
+  WeightMatrix lm_head;          // the embedding itself when tied (rows vocab_begin..vocab_end)
   int64_t bytes = 0;             // bytes of tensors this rank uses
+  // Column slices (tensor parallel o_proj/down_proj) copied out of the mapped file, so the rank
+  // keeps only its own bytes resident.
+  std::vector<std::vector<uint8_t>> owned;
 };
 
-// Picks this slice's tensors out of `files` and checks them. Throws Error naming the tensor.
+// Picks this slice's tensors out of `files` and checks them; resolves the slice's -1 ends.
+// Throws Error naming the tensor.
 ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {});
 
 // Reads every page of the slice's tensors once (threads in parallel) so load time is paid at

@@ -98,7 +98,7 @@ TEST(Ops, AttentionMatchesNaiveCausalSoftmax) {
   std::vector<int32_t> pos = {0, 1, 2, 3, 4};
   std::vector<float> out(q.size());
   ThreadPool pool(2);
-  ops::attention(pool, q.data(), T, pos.data(), k.data(), v.data(), {H, KV, D, stride}, out.data());
+  ops::attention(pool, q.data(), T, pos.data(), k.data(), v.data(), {H, D, stride, H / KV, 0, 0}, out.data());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
       const int64_t g = h / (H / KV);

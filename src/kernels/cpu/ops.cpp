@@ -49,7 +49,6 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 
 void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t* positions,
                const float* k_cache, const float* v_cache, const AttentionShape& s, float* out) {
-  const int64_t group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   int32_t max_pos = 0;
   for (int64_t t = 0; t < n_tokens; ++t) max_pos = std::max(max_pos, positions[t]);
@@ -60,7 +59,7 @@ void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t
     for (int64_t item = tid; item < n_tokens * s.n_heads; item += nth) {
       int64_t t = item / s.n_heads, h = item % s.n_heads;
       const float* qv = q + item * s.head_dim;
-      const int64_t kv_offset = (h / group) * s.head_dim;
+      const int64_t kv_offset = ((s.head_offset + h) / s.group - s.kv_head_offset) * s.head_dim;
       const int64_t len = int64_t(positions[t]) + 1;
       float max_score = -INFINITY;
       for (int64_t p = 0; p < len; ++p) {

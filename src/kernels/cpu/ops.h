@@ -20,11 +20,15 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const i
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
 // Causal attention of n_tokens queries against the key/value cache. Query t sits at position
-// positions[t] and sees cache positions 0..positions[t]. Query head h reads kv head
-// h / (n_heads / n_kv_heads). Cache rows are [position][kv_head][head_dim] with
-// `cache_stride` floats between positions. out is [n_tokens][n_heads][head_dim].
+// positions[t] and sees cache positions 0..positions[t]. The n_heads local query heads are the
+// model's heads head_offset.. ; model head h reads model kv head h / group, which is local kv head
+// h / group - kv_head_offset (a tensor-parallel rank holds a contiguous range of each).
+// Cache rows are [position][local kv head][head_dim] with `cache_stride` floats between
+// positions. out is [n_tokens][n_heads][head_dim].
 struct AttentionShape {
-  int64_t n_heads, n_kv_heads, head_dim, cache_stride;
+  int64_t n_heads, head_dim, cache_stride;
+  int64_t group = 1;  // query heads per kv head in the model
+  int64_t head_offset = 0, kv_head_offset = 0;
 };
 void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t* positions,
                const float* k_cache, const float* v_cache, const AttentionShape& shape, float* out);

@@ -1,0 +1,138 @@
+#include "parallel/plan.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace shardlm {
+
+namespace {
+
+// Splits n units into parts of sizes as equal as possible: part i is [n*i/parts, n*(i+1)/parts).
+int64_t even_edge(int64_t n, int parts, int i) { return n * i / parts; }
+
+// Contiguous split of `cost` into `parts` ranges minimizing the largest cost/capacity,
+// every range non-empty (dynamic programming; L and parts are small).
+std::vector<StageRange> balance(const std::vector<double>& cost, const std::vector<double>& capacity) {
+  const int L = int(cost.size()), P = int(capacity.size());
+  std::vector<double> prefix(size_t(L) + 1, 0);
+  for (int i = 0; i < L; ++i) prefix[size_t(i) + 1] = prefix[size_t(i)] + cost[size_t(i)];
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[p][i]: smallest max load placing the first i layers on the first p stages.
+  std::vector<std::vector<double>> best(size_t(P) + 1, std::vector<double>(size_t(L) + 1, inf));
+  std::vector<std::vector<int>> cut(size_t(P) + 1, std::vector<int>(size_t(L) + 1, 0));
+  best[0][0] = 0;
+  for (int p = 1; p <= P; ++p)
+    for (int i = p; i <= L - (P - p); ++i)
+      for (int j = p - 1; j < i; ++j) {
+        double load = std::max(best[size_t(p) - 1][size_t(j)], (prefix[size_t(i)] - prefix[size_t(j)]) / capacity[size_t(p) - 1]);
+        // Ties go to the earlier cut, so equal costs split as evenly as the count allows.
+        if (load < best[size_t(p)][size_t(i)] - 1e-12) best[size_t(p)][size_t(i)] = load, cut[size_t(p)][size_t(i)] = j;
+      }
+  std::vector<StageRange> ranges(static_cast<size_t>(P));
+  for (int p = P, i = L; p >= 1; --p) {
+    int j = cut[size_t(p)][size_t(i)];
+    ranges[size_t(p) - 1] = {j, i};
+    i = j;
+  }
+  return ranges;
+}
+
+}  // namespace
+
+Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
+  SHARDLM_CHECK(o.pp >= 1 && o.tp >= 1, "--pp and --tp must be at least 1 (got {} and {})", o.pp, o.tp);
+  SHARDLM_CHECK(o.pp <= c.num_layers, "--pp {} asks for more pipeline stages than the model's {} layers", o.pp,
+                c.num_layers);
+  SHARDLM_CHECK(o.tp <= c.num_heads, "--tp {} asks for more tensor-parallel ranks than the model's {} attention heads",
+                o.tp, c.num_heads);
+  SHARDLM_CHECK(o.stage_weights.empty() || int(o.stage_weights.size()) == o.pp,
+                "{} stage weights given for {} pipeline stages", o.stage_weights.size(), o.pp);
+  for (double w : o.stage_weights) SHARDLM_CHECK(w > 0, "stage weights must be positive (got {})", w);
+
+  Plan plan;
+  plan.pp = o.pp;
+  plan.tp = o.tp;
+
+  // Pipeline: balance weight bytes. A layer costs its matrices; the last stage also carries the
+  // lm_head (as large as several layers of a small model), so it gets fewer layers.
+  const double H = double(c.hidden_size), D = double(c.head_dim);
+  const double layer_cost = H * D * double(2 * c.num_heads + 2 * c.num_kv_heads) + 3.0 * H * double(c.intermediate_size);
+  const double head_cost = H * double(c.vocab_size);
+  std::vector<double> cost(size_t(c.num_layers), layer_cost);
+  std::vector<double> capacity = o.stage_weights.empty() ? std::vector<double>(size_t(o.pp), 1.0) : o.stage_weights;
+  if (o.pp > 1) {
+    // Fold the head into the last layer's cost so the partition accounts for it.
+    cost.back() += head_cost;
+  }
+  plan.stages = balance(cost, capacity);
+
+  // Tensor parallel: heads as evenly as possible; each rank reads the kv heads its query heads map
+  // to (a kv head shared by two ranks is held by both). ffn in blocks of 32 so quantized column
+  // slices stay whole blocks; vocab rows evenly.
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  const bool blocks = c.intermediate_size % 32 == 0;
+  const int64_t ffn_units = blocks ? c.intermediate_size / 32 : c.intermediate_size;
+  const int64_t unit = blocks ? 32 : 1;
+  for (int t = 0; t < o.tp; ++t) {
+    TpSlice s;
+    s.head_begin = even_edge(c.num_heads, o.tp, t);
+    s.head_end = even_edge(c.num_heads, o.tp, t + 1);
+    s.kv_head_begin = s.head_begin / group;
+    s.kv_head_end = (s.head_end - 1) / group + 1;
+    s.ffn_begin = even_edge(ffn_units, o.tp, t) * unit;
+    s.ffn_end = even_edge(ffn_units, o.tp, t + 1) * unit;
+    s.vocab_begin = even_edge(c.vocab_size, o.tp, t);
+    s.vocab_end = even_edge(c.vocab_size, o.tp, t + 1);
+    SHARDLM_CHECK(s.ffn_end > s.ffn_begin, "--tp {} leaves a rank without MLP features", o.tp);
+    plan.slices.push_back(s);
+  }
+  return plan;
+}
+
+nlohmann::json plan_to_json(const Plan& p, const ModelConfig& c) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int r = 0; r < p.world_size(); ++r) {
+    const StageRange& st = p.stages[size_t(p.stage_of(r))];
+    const TpSlice& s = p.slices[size_t(p.tp_rank_of(r))];
+    const bool first = p.stage_of(r) == 0, last = p.stage_of(r) == p.pp - 1;
+    ranks.push_back({{"rank", r},
+                     {"stage", p.stage_of(r)},
+                     {"tp_rank", p.tp_rank_of(r)},
+                     {"layers", {st.layer_begin, st.layer_end}},
+                     {"heads", {s.head_begin, s.head_end}},
+                     {"kv_heads", {s.kv_head_begin, s.kv_head_end}},
+                     {"ffn", {s.ffn_begin, s.ffn_end}},
+                     {"embedding", first},
+                     {"lm_head_rows", last ? nlohmann::json{s.vocab_begin, s.vocab_end} : nlohmann::json(nullptr)}});
+  }
+  return {{"pp", p.pp},
+          {"tp", p.tp},
+          {"world_size", p.world_size()},
+          {"model", {{"layers", c.num_layers}, {"heads", c.num_heads}, {"kv_heads", c.num_kv_heads},
+                     {"intermediate_size", c.intermediate_size}, {"vocab_size", c.vocab_size}}},
+          {"ranks", ranks}};
+}
+
+std::vector<std::string> describe_plan(const Plan& p) {
+  std::vector<std::string> lines;
+  for (int r = 0; r < p.world_size(); ++r) {
+    const StageRange& st = p.stages[size_t(p.stage_of(r))];
+    const TpSlice& s = p.slices[size_t(p.tp_rank_of(r))];
+    std::string line = fmt::format("rank {}: stage {} layers {}-{}", r, p.stage_of(r), st.layer_begin, st.layer_end - 1);
+    if (p.tp > 1)
+      line += fmt::format(", heads {}-{}, kv heads {}-{}, ffn {}-{}", s.head_begin, s.head_end - 1, s.kv_head_begin,
+                          s.kv_head_end - 1, s.ffn_begin, s.ffn_end - 1);
+    if (p.stage_of(r) == 0) line += ", embedding";
+    if (p.stage_of(r) == p.pp - 1)
+      line += p.tp > 1 ? fmt::format(", lm_head rows {}-{}", s.vocab_begin, s.vocab_end - 1) : ", lm_head";
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace shardlm
