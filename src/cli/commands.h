@@ -10,5 +10,6 @@ void add_generate(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_plan(CLI::App& app);
 
 }  // namespace shardlm::cli

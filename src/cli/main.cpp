@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   shardlm::cli::add_bench(app);
   shardlm::cli::add_inspect(app);
   shardlm::cli::add_convert(app);
+  shardlm::cli::add_plan(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

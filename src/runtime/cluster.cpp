@@ -1,0 +1,216 @@
+#include "runtime/cluster.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <thread>
+
+#include "comm/connect.h"
+#include "comm/shm/shm_group.h"
+#include "comm/tcp/tcp_group.h"
+#include "core/log.h"
+#include "core/process_stats.h"
+#include "runtime/generation.h"
+
+namespace shardlm {
+
+namespace {
+
+std::string random_secret() {
+  std::random_device rd;
+  std::string s;
+  for (int i = 0; i < 4; ++i) s += fmt::format("{:08x}", rd());
+  return s;
+}
+
+// Runs one forked rank to completion; never returns.
+[[noreturn]] void run_child_rank(const comm::GroupSpec& spec, const RankOptions& options) {
+  int code = 0;
+  try {
+    auto world = comm::connect(spec);
+    Rank rank(options, *world);
+    rank.serve();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shardlm: error: rank %d: %s\n", spec.rank, e.what());
+    code = 1;
+  }
+  std::fflush(stderr);
+  ::_exit(code);
+}
+
+}  // namespace
+
+int default_threads_per_rank(int ranks_on_host) {
+  return std::max(1, ThreadPool::default_threads() / std::max(1, ranks_on_host));
+}
+
+Cluster::Cluster(const ClusterOptions& o) {
+  try {
+    start(o);
+  } catch (const comm::CommError&) {
+    healthy_ = false;
+    shutdown_quietly();
+    throw;
+  } catch (...) {
+    shutdown_quietly();
+    throw;
+  }
+}
+
+void Cluster::start(const ClusterOptions& o) {
+  Stopwatch clock;
+  comm::check_backend(o.backend, o.topology);
+  backend_name_ = o.backend == "tcp" ? "tcp-" + o.topology : o.backend;
+  const int world = o.pp * o.tp;
+  SHARDLM_CHECK(o.pp >= 1 && o.tp >= 1, "--pp and --tp must be at least 1");
+  RankOptions ro;
+  ro.model_path = o.model_path;
+  ro.plan.pp = o.pp;
+  ro.plan.tp = o.tp;
+  ro.plan.stage_weights = o.stage_weights;
+  // Every rank needs the context limit before the model is open; read it from the files here.
+  {
+    auto files = open_model_files(o.model_path);
+    const int64_t max_pos = files->config().max_position_embeddings;
+    context_ = o.context > 0 ? o.context : std::min<int64_t>(max_pos, 4096);
+    SHARDLM_CHECK(context_ <= max_pos, "context {} exceeds the model's max_position_embeddings ({})", context_, max_pos);
+    make_plan(files->config(), ro.plan);  // refuse an impossible split before starting any process
+  }
+  ro.max_context = context_;
+
+  if (o.backend == "mpi") {
+    comm::GroupSpec spec;
+    spec.backend = "mpi";
+    spec.timeout = o.timeout;
+    world_ = comm::connect(spec);
+    SHARDLM_CHECK(world_->size() == world, "mpirun started {} processes but --pp {} x --tp {} needs {}", world_->size(),
+                  o.pp, o.tp, world);
+    ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : 1;
+    if (world_->rank() != 0) {
+      driver_ = false;
+      Rank rank(ro, *world_);
+      rank.serve();
+      return;
+    }
+  } else {
+    SHARDLM_CHECK(o.hosts_file.empty(), "--hosts is given to rank 0 with --backend tcp (see `shardlm worker --help`)");
+    ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : default_threads_per_rank(world);
+    start_local(o, ro);
+  }
+  rank0_ = std::make_unique<Rank>(ro, *world_);  // returns when every rank has loaded
+  load_s_ = clock.seconds();
+  tokenizer_ = std::make_unique<Tokenizer>(rank0_->files().tokenizer());
+  for (const auto& line : describe_plan(rank0_->plan())) log_info("{}", line);
+  log_info("{} ranks over {} ready in {:.2f} s", world, backend_name_, load_s_);
+}
+
+void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
+  const int world = o.pp * o.tp;
+  comm::GroupSpec spec;
+  spec.backend = o.backend;
+  spec.topology = o.topology;
+  spec.size = world;
+  spec.timeout = o.timeout;
+  std::vector<int> listen_fds;
+  if (o.backend == "shm") {
+    spec.shm_name = comm::new_shm_group_name();
+  } else {
+    spec.secret = o.secret.empty() ? random_secret() : o.secret;
+    for (int r = 0; r < world; ++r) {
+      int port = 0;
+      listen_fds.push_back(comm::tcp_listen("127.0.0.1", 0, &port));
+      spec.endpoints.push_back(fmt::format("127.0.0.1:{}", port));
+    }
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t parent = ::getpid();
+  for (int r = 1; r < world; ++r) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      shutdown_quietly();
+      fail("cannot start rank {}: fork failed", r);
+    }
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a rank never outlives the run that started it
+      if (::getppid() != parent) ::_exit(1);
+      for (int i = 0; i < int(listen_fds.size()); ++i)
+        if (i != r) ::close(listen_fds[size_t(i)]);
+      spec.rank = r;
+      spec.listen_fd = listen_fds.empty() ? -1 : listen_fds[size_t(r)];
+      run_child_rank(spec, ro);
+    }
+    children_.push_back(pid);
+  }
+  for (int i = 1; i < int(listen_fds.size()); ++i) ::close(listen_fds[size_t(i)]);
+  spec.rank = 0;
+  spec.listen_fd = listen_fds.empty() ? -1 : listen_fds[0];
+  try {
+    world_ = comm::connect(spec);
+  } catch (...) {
+    shutdown_quietly();
+    throw;
+  }
+}
+
+GenerateResult Cluster::generate(const GenerateRequest& request,
+                                 const std::function<void(int32_t, const std::string&)>& on_token) {
+  SHARDLM_CHECK(driver_, "internal: generate on a serving rank");
+  StepFunctions fns;
+  fns.begin = [&](int64_t capacity, const SamplerOptions& s) { rank0_->begin(capacity, s); };
+  fns.step = [&](const int32_t* ids, int64_t n, int64_t start, std::vector<float>* logits) {
+    return rank0_->step(ids, n, start, logits);
+  };
+  try {
+    return run_generation(request, *tokenizer_, config(), context_, fns, on_token);
+  } catch (const comm::CommError&) {
+    healthy_ = false;  // the ranks are out of step: don't talk to them again
+    throw;
+  }
+}
+
+nlohmann::json Cluster::rank_reports() {
+  try {
+    return rank0_->collect_reports();
+  } catch (const comm::CommError&) {
+    healthy_ = false;
+    throw;
+  }
+}
+
+void Cluster::shutdown_quietly() {
+  if (driver_ && rank0_ && healthy_) {
+    try {
+      rank0_->shutdown();
+    } catch (const std::exception&) {
+    }
+  }
+  // Give the ranks a moment to leave on their own, then make sure.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(healthy_ ? 10 : 1);
+  for (pid_t pid : children_) {
+    int status;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  children_.clear();
+}
+
+Cluster::~Cluster() {
+  shutdown_quietly();
+  rank0_.reset();
+  world_.reset();
+}
+
+}  // namespace shardlm
