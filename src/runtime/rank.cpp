@@ -22,8 +22,14 @@ ModelSlice slice_of(const Plan& p, int rank) {
   return m;
 }
 
-double comm_seconds(const comm::Group& g) { return g.stats().seconds; }
 }  // namespace
+
+template <class F>
+void Rank::timed(F&& f) {
+  Stopwatch clock;
+  f();
+  comm_s_ += clock.seconds();
+}
 
 Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world), pool_(std::max(1, o.threads)) {
   Stopwatch clock;
@@ -39,7 +45,8 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   prefault_weights(weights_, pool_.size());
   transformer_ = std::make_unique<Transformer>(weights_, pool_);
   if (plan_.tp > 1) {
-    transformer_->set_all_reduce([this](float* data, int64_t count) { tp_group_->all_reduce_sum(data, size_t(count)); });
+    transformer_->set_all_reduce(
+        [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
   }
   load_s_ = clock.seconds();
   log_debug("rank {}: loaded in {:.2f} s", world.rank(), load_s_);
@@ -67,35 +74,35 @@ void Rank::execute(const StepCommand& c, const int32_t* ids) {
   }
   if (!cache_) fail("rank {}: tokens before any request began", world_.rank());
   Stopwatch clock;
-  const double comm_before = comm_seconds(world_) + comm_seconds(*tp_group_);
   const int64_t H = config().hidden_size, n = c.n_tokens;
   x_.resize(size_t(n * H));
   if (stage_ == 0) transformer_->embed(ids, n, x_.data());
-  else world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4);
+  else timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
   transformer_->run_layers(x_.data(), n, c.start, *cache_);
   if (stage_ < plan_.pp - 1) {
-    world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4);
+    timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
   } else {
     local_logits_.resize(size_t(transformer_->local_vocab()));
     transformer_->head(x_.data() + (n - 1) * H, local_logits_.data());
     if (tp_rank_ != 0) {
-      tp_group_->send(0, local_logits_.data(), local_logits_.size() * 4);
+      timed([&] { tp_group_->send(0, local_logits_.data(), local_logits_.size() * 4); });
     } else {
       logits_.resize(size_t(config().vocab_size));
       std::copy(local_logits_.begin(), local_logits_.end(), logits_.begin());
       for (int t = 1; t < plan_.tp; ++t) {
         const TpSlice& s = plan_.slices[size_t(t)];
-        tp_group_->recv(t, logits_.data() + s.vocab_begin, size_t(s.vocab_end - s.vocab_begin) * 4);
+        timed([&] { tp_group_->recv(t, logits_.data() + s.vocab_begin, size_t(s.vocab_end - s.vocab_begin) * 4); });
       }
       last_token_ = sampler_->sample(logits_.data(), config().vocab_size);
       if (world_.rank() != 0) {
-        world_.send(0, &last_token_, 4);
-        if (c.want_logits) world_.send(0, logits_.data(), logits_.size() * 4);
+        timed([&] {
+          world_.send(0, &last_token_, 4);
+          if (c.want_logits) world_.send(0, logits_.data(), logits_.size() * 4);
+        });
       }
     }
   }
   step_s_ += clock.seconds();
-  comm_s_ += comm_seconds(world_) + comm_seconds(*tp_group_) - comm_before;
   ++steps_;
 }
 

@@ -54,6 +54,9 @@ class Rank {
  private:
   void broadcast(const StepCommand& c, const int32_t* ids);
   void execute(const StepCommand& c, const int32_t* ids);  // the step itself, on every rank
+  // Runs a communication call, adding its wall time to comm_s_.
+  template <class F>
+  void timed(F&& f);
 
   RankOptions options_;
   comm::Group& world_;

@@ -1,0 +1,203 @@
+// Distributed runs against the single-rank engine on the same model: pipeline splits must give
+// bit-identical logits, tensor-parallel splits logits within 1e-4 relative (a different summation
+// order), and both the same 32 greedy tokens — on every backend and topology.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "comm/group.h"
+#include "runtime/cluster.h"
+#include "runtime/engine.h"
+#include "runtime/step_protocol.h"
+#include "test_models.h"
+#include "test_paths.h"
+
+using namespace shardlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kPrompt = "<|im_start|>user\nSplit the model over several machines.<|im_end|>\n";
+
+struct Reference {
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;
+};
+
+const Reference& single_rank(const std::string& model) {
+  static std::map<std::string, Reference> cache;
+  auto it = cache.find(model);
+  if (it != cache.end()) return it->second;
+  Engine e({model, 1, 256});
+  GenerateRequest r;
+  r.prompt = kPrompt;
+  r.max_new_tokens = 32;
+  r.stop_at_eos = false;
+  GenerateResult g = e.generate(r);
+  return cache[model] = Reference{g.output_ids, g.first_logits};
+}
+
+double max_relative_error(const std::vector<float>& a, const std::vector<float>& ref) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    diff = std::max(diff, double(std::fabs(a[i] - ref[i])));
+    scale = std::max(scale, double(std::fabs(ref[i])));
+  }
+  return diff / scale;
+}
+
+// Segments of groups this process started (names carry the launcher's pid; other test binaries
+// may run beside this one).
+int count_shm_segments() {
+  int n = 0;
+  const std::string mine = "shardlm-" + std::to_string(::getpid()) + "-";
+  for (const auto& e : fs::directory_iterator("/dev/shm"))
+    if (e.path().filename().string().rfind(mine, 0) == 0) ++n;
+  return n;
+}
+
+void check_split(const std::string& model, int pp, int tp, const std::string& backend, const std::string& topology) {
+  SCOPED_TRACE(fmt::format("pp {} tp {} {} {}", pp, tp, backend, topology));
+  const Reference& ref = single_rank(model);
+  ClusterOptions o;
+  o.model_path = model;
+  o.pp = pp, o.tp = tp;
+  o.backend = backend, o.topology = topology;
+  o.threads_per_rank = 1;
+  o.context = 256;
+  o.timeout = std::chrono::seconds(30);
+  Cluster c(o);
+  GenerateRequest r;
+  r.prompt = kPrompt;
+  r.max_new_tokens = 32;
+  r.stop_at_eos = false;
+  GenerateResult g = c.generate(r);
+  EXPECT_EQ(g.output_ids, ref.tokens);
+  if (tp == 1) {
+    EXPECT_EQ(g.first_logits, ref.logits) << "pipeline split is not bit-identical";
+  } else {
+    double err = max_relative_error(g.first_logits, ref.logits);
+    EXPECT_LT(err, 1e-4);
+    std::printf("pp %d tp %d %s %s: max relative logit error %.3g\n", pp, tp, backend.c_str(), topology.c_str(), err);
+  }
+  nlohmann::json reports = c.rank_reports();
+  ASSERT_EQ(int(reports.size()), pp * tp);
+  for (int i = 0; i < pp * tp; ++i) {
+    EXPECT_EQ(reports[size_t(i)]["rank"].get<int>(), i);
+    EXPECT_GT(reports[size_t(i)]["peak_rss_bytes"].get<int64_t>(), 0);
+    EXPECT_GE(reports[size_t(i)]["comm_share"].get<double>(), 0.0);
+    EXPECT_LE(reports[size_t(i)]["comm_share"].get<double>(), 1.0);
+  }
+}
+
+struct Split {
+  int pp, tp;
+};
+const Split kSplits[] = {{2, 1}, {3, 1}, {4, 1}, {1, 2}, {1, 3}, {2, 2}};
+
+}  // namespace
+
+TEST(Distributed, EverySplitOverShmMatchesOneRank) {
+  for (Split s : kSplits) check_split(test::test_model({}), s.pp, s.tp, "shm", "ring");
+}
+
+TEST(Distributed, EverySplitOverTcpRingMatchesOneRank) {
+  for (Split s : kSplits) check_split(test::test_model({}), s.pp, s.tp, "tcp", "ring");
+}
+
+TEST(Distributed, EverySplitOverTcpMeshMatchesOneRank) {
+  for (Split s : kSplits) check_split(test::test_model({}), s.pp, s.tp, "tcp", "mesh");
+}
+
+TEST(Distributed, Qwen3WithWideHeadsAndTiedHeadSplits) {
+  test::TestModelSpec qwen;
+  qwen.arch = "qwen3";
+  for (Split s : {Split{2, 1}, Split{1, 3}, Split{2, 2}}) check_split(test::test_model(qwen), s.pp, s.tp, "shm", "ring");
+}
+
+TEST(Distributed, ImpossibleSplitsAreRefusedBeforeStarting) {
+  ClusterOptions o;
+  o.model_path = test::test_model({});
+  o.pp = 5;  // 4 layers
+  EXPECT_THROW(Cluster c(o), Error);
+  o.pp = 1;
+  o.tp = 5;  // 4 heads
+  EXPECT_THROW(Cluster c(o), Error);
+  EXPECT_EQ(count_shm_segments(), 0);
+}
+
+TEST(Distributed, KilledRankIsNamedAndNothingIsLeftBehind) {
+  for (const char* backend : {"shm", "tcp"}) {
+    SCOPED_TRACE(backend);
+    int before = count_shm_segments();
+    ClusterOptions o;
+    o.model_path = test::test_model({});
+    o.pp = 3;
+    o.backend = backend;
+    o.context = 256;
+    o.threads_per_rank = 1;
+    pid_t victim = 0;
+    std::string error;
+    auto t0 = std::chrono::steady_clock::now();
+    double seconds = 0;
+    {
+      Cluster c(o);
+      victim = c.rank_reports()[2]["pid"].get<pid_t>();
+      GenerateRequest r;
+      r.prompt = kPrompt;
+      r.max_new_tokens = 64;
+      r.stop_at_eos = false;
+      int produced = 0;
+      try {
+        c.generate(r, [&](int32_t, const std::string&) {
+          if (++produced == 3) {
+            ::kill(victim, SIGKILL);
+            t0 = std::chrono::steady_clock::now();
+          }
+        });
+      } catch (const comm::CommError& e) {
+        error = e.what();
+      }
+      seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }  // the destructor reaps every rank
+    EXPECT_NE(error.find("rank 2"), std::string::npos) << error;
+    EXPECT_LT(seconds, 10.0);
+    EXPECT_NE(::kill(victim, 0), 0);  // gone (and reaped: no zombie either)
+    EXPECT_EQ(count_shm_segments(), before);
+  }
+}
+
+TEST(Distributed, StepMessagesAreChecked) {
+  StepCommand c;
+  c.kind = uint32_t(StepKind::Tokens);
+  c.n_tokens = 4, c.start = 0;
+  EXPECT_NO_THROW(check_step_command(c, 0, 16, 64));
+  auto error = [](StepCommand bad) {
+    try {
+      check_step_command(bad, 3, 16, 64);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  StepCommand m = c;
+  m.magic = 0x12345678;
+  EXPECT_NE(error(m).find("malformed step message from rank 3"), std::string::npos);
+  m = c;
+  m.version = 9;
+  EXPECT_NE(error(m).find("step protocol version 9"), std::string::npos);
+  m = c;
+  m.start = 14;  // 14 + 4 > 16
+  EXPECT_NE(error(m).find("4 tokens at position 14 in a cache of 16"), std::string::npos);
+  m = c;
+  m.kind = 77;
+  EXPECT_NE(error(m).find("unknown kind 77"), std::string::npos);
+  m = c;
+  m.kind = uint32_t(StepKind::Begin);
+  m.capacity = 1 << 30;
+  EXPECT_NE(error(m).find("limit 64"), std::string::npos);
+}
