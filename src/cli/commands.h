@@ -11,5 +11,6 @@ void add_bench(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_plan(CLI::App& app);
+void add_worker(CLI::App& app);
 
 }  // namespace shardlm::cli

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   shardlm::cli::add_inspect(app);
   shardlm::cli::add_convert(app);
   shardlm::cli::add_plan(app);
+  shardlm::cli::add_worker(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

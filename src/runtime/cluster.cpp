@@ -13,7 +13,10 @@
 
 #include "comm/connect.h"
 #include "comm/shm/shm_group.h"
+#include "comm/tcp/socket_io.h"
 #include "comm/tcp/tcp_group.h"
+#include "formats/json_error.h"
+#include <fstream>
 #include "core/log.h"
 #include "core/process_stats.h"
 #include "runtime/generation.h"
@@ -98,8 +101,11 @@ void Cluster::start(const ClusterOptions& o) {
       rank.serve();
       return;
     }
+  } else if (!o.hosts_file.empty()) {
+    SHARDLM_CHECK(o.backend == "tcp", "--hosts runs ranks on other machines over tcp; add --backend tcp");
+    ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : default_threads_per_rank(1);
+    start_remote(o, ro);
   } else {
-    SHARDLM_CHECK(o.hosts_file.empty(), "--hosts is given to rank 0 with --backend tcp (see `shardlm worker --help`)");
     ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : default_threads_per_rank(world);
     start_local(o, ro);
   }
@@ -157,6 +163,57 @@ void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
     shutdown_quietly();
     throw;
   }
+}
+
+void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
+  const int world = o.pp * o.tp;
+  std::vector<std::string> hosts;
+  {
+    std::ifstream in(o.hosts_file);
+    if (!in) fail("{}: cannot open", o.hosts_file);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+      hosts = j.get<std::vector<std::string>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: expected a JSON list of \"host:port\" strings, one per rank ({})", o.hosts_file, json_error_text(e));
+    }
+  }
+  SHARDLM_CHECK(int(hosts.size()) == world,
+                "{}: lists {} hosts but --pp {} x --tp {} needs {} (entry 0 is this machine)", o.hosts_file, hosts.size(),
+                o.pp, o.tp, world);
+  SHARDLM_CHECK(!o.secret.empty(), "--hosts needs the cluster --secret the workers were started with");
+  const nlohmann::json job = {{"model", o.model_path},   {"pp", o.pp},
+                              {"tp", o.tp},              {"stage_weights", o.stage_weights},
+                              {"context", context_},     {"threads", o.threads_per_rank},
+                              {"topology", o.topology},  {"timeout_ms", int64_t(o.timeout.count())}};
+  std::vector<std::string> endpoints(static_cast<size_t>(world));
+  for (int r = 1; r < world; ++r) {
+    workers_.push_back(connect_to_worker(hosts[size_t(r)], o.secret, o.timeout));
+    nlohmann::json mine = job;
+    mine["rank"] = r;
+    workers_.back().send_json(mine, o.timeout);
+    nlohmann::json reply = workers_.back().recv_json(o.timeout);
+    if (!reply.contains("port") || !reply["port"].is_number_integer())
+      fail("worker {} sent a malformed reply", hosts[size_t(r)]);
+    endpoints[size_t(r)] = fmt::format("{}:{}", comm::tcp::parse_endpoint(hosts[size_t(r)], "host").host,
+                                       reply["port"].get<int>());
+  }
+  comm::tcp::Endpoint self = comm::tcp::parse_endpoint(hosts[0], "host of rank 0");
+  int port = 0;
+  int fd = comm::tcp::listen_socket(self.host, self.port, &port);
+  endpoints[0] = fmt::format("{}:{}", self.host, port);
+  for (auto& w : workers_) w.send_json({{"endpoints", endpoints}}, o.timeout);
+  comm::GroupSpec spec;
+  spec.backend = "tcp";
+  spec.topology = o.topology;
+  spec.rank = 0;
+  spec.size = world;
+  spec.endpoints = endpoints;
+  spec.listen_fd = fd;
+  spec.secret = o.secret;
+  spec.timeout = o.timeout;
+  world_ = comm::connect(spec);
 }
 
 GenerateResult Cluster::generate(const GenerateRequest& request,

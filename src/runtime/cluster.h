@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "comm/group.h"
+#include "runtime/control_link.h"
 #include "runtime/engine.h"
 #include "runtime/rank.h"
 
@@ -56,10 +57,12 @@ class Cluster {
  private:
   void start(const ClusterOptions& o);
   void start_local(const ClusterOptions& o, RankOptions rank_options);
+  void start_remote(const ClusterOptions& o, const RankOptions& rank_options);
   void shutdown_quietly();
 
   bool driver_ = true;
   std::vector<int> children_;  // pids of local ranks
+  std::vector<ControlLink> workers_;  // control links to remote ranks, kept for the whole run
   std::unique_ptr<comm::Group> world_;
   std::unique_ptr<Rank> rank0_;
   std::unique_ptr<Tokenizer> tokenizer_;
