@@ -1,0 +1,156 @@
+// Distributed runs from the command line: plans, per-rank reports, workers on other "machines"
+// (network namespaces), a refused secret, and a rank killed mid-run.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "test_models.h"
+#include "test_paths.h"
+
+using namespace shardlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int status;
+  std::string out, err;
+};
+Result sh(const std::string& command) {
+  Result r;
+  r.status = test::run_command(command, &r.out, &r.err);
+  return r;
+}
+std::string bin() { return test::shardlm_binary(); }
+
+// Network namespaces joined by a bridge, made by the test and always removed (RAII).
+class Namespaces {
+ public:
+  explicit Namespaces(int n) : prefix_("slm" + std::to_string(::getpid() % 100000)) {
+    std::string script = "set -e; ip netns add " + prefix_ + "hub; ip -n " + prefix_ + "hub link add br0 type bridge; ip -n " +
+                         prefix_ + "hub link set br0 up;";
+    for (int i = 0; i < n; ++i) {
+      std::string ns = name(i), a = "va" + std::to_string(i), b = "vb" + std::to_string(i);
+      script += "ip netns add " + ns + "; ip link add " + prefix_ + a + " type veth peer name " + prefix_ + b + ";" +
+                "ip link set " + prefix_ + a + " netns " + ns + "; ip link set " + prefix_ + b + " netns " + prefix_ + "hub;" +
+                "ip -n " + ns + " addr add " + address(i) + "/24 dev " + prefix_ + a + "; ip -n " + ns + " link set " + prefix_ +
+                a + " up; ip -n " + ns + " link set lo up;" + "ip -n " + prefix_ + "hub link set " + prefix_ + b +
+                " master br0; ip -n " + prefix_ + "hub link set " + prefix_ + b + " up;";
+    }
+    made_ = n;
+    std::string err;
+    ok_ = test::run_command(script, nullptr, &err) == 0;
+    error_ = err;
+  }
+  ~Namespaces() {
+    std::string script = "ip netns del " + prefix_ + "hub 2>/dev/null;";
+    for (int i = 0; i < made_; ++i) script += "ip netns del " + name(i) + " 2>/dev/null;";
+    test::run_command(script, nullptr);
+  }
+  bool ok() const { return ok_; }
+  const std::string& error() const { return error_; }
+  std::string name(int i) const { return prefix_ + "n" + std::to_string(i); }
+  std::string address(int i) const { return "10.77." + std::to_string(::getpid() % 200) + "." + std::to_string(i + 1); }
+  std::string exec(int i) const { return "ip netns exec " + name(i) + " "; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  std::string prefix_, error_;
+  int made_ = 0;
+  bool ok_ = false;
+};
+
+}  // namespace
+
+TEST(DistributedCli, PlanSplitsUnevenly) {
+  Result r = sh(bin() + " plan --model " + test::test_model({}) + " --tp 3");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["ranks"].size(), 3u);
+  // 4 heads over 3 ranks: 1, 1, 2; kv heads (2, groups of 2): rank 0 and 1 share kv head 0.
+  EXPECT_EQ(j["ranks"][0]["heads"], nlohmann::json({0, 1}));
+  EXPECT_EQ(j["ranks"][1]["heads"], nlohmann::json({1, 2}));
+  EXPECT_EQ(j["ranks"][2]["heads"], nlohmann::json({2, 4}));
+  EXPECT_EQ(j["ranks"][1]["kv_heads"], nlohmann::json({0, 1}));
+  EXPECT_EQ(j["ranks"][2]["kv_heads"], nlohmann::json({1, 2}));
+  Result bad = sh(bin() + " plan --model " + test::test_model({}) + " --pp 9");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("more pipeline stages than the model's 4 layers"), std::string::npos) << bad.err;
+}
+
+TEST(DistributedCli, GenerateJsonReportsEveryRank) {
+  std::string model = test::test_model({});
+  std::string args = " --prompt 'The capital of France is' -n 8 --ignore-eos";
+  Result one = sh(bin() + " -q generate --model " + model + args);
+  Result r = sh(bin() + " generate --model " + model + args + " --pp 2 --tp 2 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["text"].get<std::string>() + "\n", one.out);
+  ASSERT_EQ(j["ranks"].size(), 4u);
+  for (const auto& rank : j["ranks"]) {
+    for (const char* key : {"load_s", "peak_rss_bytes", "comm_share", "stage", "tp_rank", "layers"})
+      EXPECT_TRUE(rank.contains(key)) << key;
+    EXPECT_GT(rank["comm_share"].get<double>(), 0.0);  // TP all-reduces every layer
+  }
+  // Which rank holds what is printed on stderr.
+  EXPECT_NE(r.err.find("rank 3: stage 1 layers"), std::string::npos) << r.err;
+}
+
+TEST(DistributedCli, KilledRankStopsTheRunWithinTenSecondsAndLeavesNothing) {
+  std::string model = test::test_model({});
+  std::string dir = test::scratch_dir("killed_rank");
+  // Start a long run in the background, kill its rank 2 once all ranks exist, and time the rest.
+  std::string script = "cd " + dir + "; " + bin() + " generate --model " + model +
+                       " --prompt hi -n 4000 --ignore-eos --context 4096 --pp 3 >out 2>err & pid=$!;"
+                       "for i in $(seq 100); do [ $(pgrep -P $pid | wc -l) -ge 2 ] && break; sleep 0.1; done; sleep 1;"
+                       "victim=$(pgrep -P $pid | sort -n | sed -n 2p); kill -9 $victim; start=$(date +%s.%N);"
+                       "wait $pid; rc=$?; end=$(date +%s.%N); echo \"$rc $(awk \"BEGIN{print $end - $start}\") $pid\"";
+  Result r = sh(script);
+  ASSERT_EQ(r.status, 0) << r.err;
+  int rc = -1, pid = 0;
+  double seconds = 0;
+  std::sscanf(r.out.c_str(), "%d %lf %d", &rc, &seconds, &pid);
+  std::ifstream ef(dir + "/err");
+  std::string err((std::istreambuf_iterator<char>(ef)), {});
+  EXPECT_EQ(rc, 1) << err;
+  EXPECT_LT(seconds, 10.0);
+  EXPECT_NE(err.find("shardlm: error: "), std::string::npos) << err;
+  EXPECT_NE(err.find("rank 2"), std::string::npos) << err;
+  // No process of that run remains, and no shared memory of it.
+  EXPECT_EQ(sh("pgrep -P " + std::to_string(pid)).out, "");
+  EXPECT_EQ(sh("ls /dev/shm | grep '^shardlm-" + std::to_string(pid) + "-' || true").out, "");
+}
+
+TEST(DistributedCli, WorkersInOtherNetworkNamespacesRunTheModelAndRefuseAWrongSecret) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (ip netns)";
+  if (sh("command -v ip").status != 0) GTEST_SKIP() << "needs iproute2's ip";
+  Namespaces ns(3);
+  if (!ns.ok()) GTEST_SKIP() << "cannot create network namespaces here: " << ns.error();
+  std::string model = test::test_model({});
+  std::string dir = test::scratch_dir("netns");
+  // Workers 1 and 2, each in its own namespace; the wrong-secret attempt comes first.
+  for (int i = 1; i <= 2; ++i)
+    sh(ns.exec(i) + bin() + " worker --listen " + ns.address(i) + ":7070 --secret right-secret --jobs 1 >" + dir +
+       "/w" + std::to_string(i) + ".log 2>&1 &");
+  std::ofstream(dir + "/hosts.json") << "[\"" << ns.address(0) << ":0\", \"" << ns.address(1) << ":7070\", \""
+                                     << ns.address(2) << ":7070\"]";
+  std::string args = " --prompt 'The capital of France is' -n 8 --ignore-eos --backend tcp --pp 3 --hosts " + dir + "/hosts.json";
+  Result wrong = sh(ns.exec(0) + bin() + " generate --model " + model + args + " --secret wrong-secret --comm-timeout 5");
+  EXPECT_EQ(wrong.status, 1);
+  EXPECT_NE(wrong.err.find("refused the connection: wrong cluster secret"), std::string::npos) << wrong.err;
+  Result right = sh(ns.exec(0) + bin() + " -q generate --model " + model + args + " --secret right-secret");
+  EXPECT_EQ(right.status, 0) << right.err;
+  Result local = sh(bin() + " -q generate --model " + model + " --prompt 'The capital of France is' -n 8 --ignore-eos");
+  EXPECT_EQ(right.out, local.out);
+  // The workers served their one job and left; their logs show the refusal.
+  for (int i = 0; i < 50 && sh("pgrep -f 'worker --listen 10.77'").out != ""; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::ifstream wl(dir + "/w1.log");
+  std::string w1((std::istreambuf_iterator<char>(wl)), {});
+  EXPECT_NE(w1.find("refused"), std::string::npos) << w1;
+  EXPECT_NE(w1.find("wrong cluster secret"), std::string::npos) << w1;
+}
