@@ -111,7 +111,7 @@ void Cluster::start(const ClusterOptions& o) {
   }
   rank0_ = std::make_unique<Rank>(ro, *world_);  // returns when every rank has loaded
   load_s_ = clock.seconds();
-  tokenizer_ = std::make_unique<Tokenizer>(rank0_->files().tokenizer());
+  tokenizer_ = o.tokenizer ? o.tokenizer : std::make_shared<const Tokenizer>(rank0_->files().tokenizer());
   for (const auto& line : describe_plan(rank0_->plan())) log_info("{}", line);
   log_info("{} ranks over {} ready in {:.2f} s", world, backend_name_, load_s_);
 }
@@ -156,7 +156,7 @@ void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
   }
   for (int i = 1; i < int(listen_fds.size()); ++i) ::close(listen_fds[size_t(i)]);
   spec.rank = 0;
-  spec.listen_fd = listen_fds.empty() ? -1 : listen_fds[0];
+  spec.listen_fd = listen_fd_ = listen_fds.empty() ? -1 : listen_fds[0];
   try {
     world_ = comm::connect(spec);
   } catch (...) {
@@ -201,7 +201,7 @@ void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
   }
   comm::tcp::Endpoint self = comm::tcp::parse_endpoint(hosts[0], "host of rank 0");
   int port = 0;
-  int fd = comm::tcp::listen_socket(self.host, self.port, &port);
+  int fd = listen_fd_ = comm::tcp::listen_socket(self.host, self.port, &port);
   endpoints[0] = fmt::format("{}:{}", self.host, port);
   for (auto& w : workers_) w.send_json({{"endpoints", endpoints}}, o.timeout);
   comm::GroupSpec spec;
@@ -268,6 +268,7 @@ Cluster::~Cluster() {
   shutdown_quietly();
   rank0_.reset();
   world_.reset();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
 }
 
 }  // namespace shardlm

@@ -30,6 +30,9 @@ struct ClusterOptions {
   std::chrono::milliseconds timeout = comm::kDefaultTimeout;
   std::string hosts_file;         // tcp over `shardlm worker`s: JSON list of "host:port", rank order
   std::string secret;             // cluster secret for tcp (generated for local runs when empty)
+  // A tokenizer already loaded from this model (a server running many sessions parses it once);
+  // null: rank 0 loads it.
+  std::shared_ptr<const Tokenizer> tokenizer;
 };
 
 class Cluster {
@@ -65,7 +68,8 @@ class Cluster {
   std::vector<ControlLink> workers_;  // control links to remote ranks, kept for the whole run
   std::unique_ptr<comm::Group> world_;
   std::unique_ptr<Rank> rank0_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  int listen_fd_ = -1;  // rank 0's tcp listening socket: the group borrows it, we close it
   int64_t context_ = 0;
   double load_s_ = 0;
   std::string backend_name_;
