@@ -154,3 +154,21 @@ TEST(DistributedCli, WorkersInOtherNetworkNamespacesRunTheModelAndRefuseAWrongSe
   EXPECT_NE(w1.find("refused"), std::string::npos) << w1;
   EXPECT_NE(w1.find("wrong cluster secret"), std::string::npos) << w1;
 }
+
+TEST(DistributedCli, MpirunWithTwoAndThreeRanksMatchesOneRank) {
+  if (sh("command -v mpirun").status != 0) GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
+  std::string model = test::test_model({});
+  std::string args = " -q generate --model " + model + " --prompt 'The capital of France is' -n 16 --ignore-eos";
+  Result one = sh(bin() + args);
+  ASSERT_EQ(one.status, 0) << one.err;
+  for (std::string split : {"-np 2 " + bin() + args + " --backend mpi --tp 2", "-np 3 " + bin() + args + " --backend mpi --pp 3",
+                            "-np 3 " + bin() + args + " --backend mpi --tp 3"}) {
+    Result r = sh("mpirun --allow-run-as-root --oversubscribe " + split);
+    EXPECT_EQ(r.status, 0) << split << "\n" << r.err;
+    EXPECT_EQ(r.out, one.out) << split;
+  }
+  // A count that does not fit the split is refused with the reason.
+  Result bad = sh("mpirun --allow-run-as-root --oversubscribe -np 2 " + bin() + args + " --backend mpi --pp 3");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("mpirun started 2 processes but --pp 3 x --tp 1 needs 3"), std::string::npos) << bad.err;
+}
