@@ -201,3 +201,4 @@ TEST(Distributed, StepMessagesAreChecked) {
   m.capacity = 1 << 30;
   EXPECT_NE(error(m).find("limit 64"), std::string::npos);
 }
+
