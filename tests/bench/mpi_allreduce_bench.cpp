@@ -3,7 +3,7 @@
 // machine's memcpy. Every rank runs the same fixed loop (no adaptive iteration counts, which
 // would put ranks out of step), so Google Benchmark's runner is not used.
 //
-//   mpirun --allow-run-as-root --oversubscribe -np 2 mpi_allreduce_bench [iterations]
+//   mpirun --allow-run-as-root --oversubscribe -np 2 mpi_allreduce_bench [iterations [KB,KB,...]]
 //
 // Prints, on rank 0, the median and 90th percentile of single calls after a warm-up, and
 // whether every rank got the same bits (3+ ranks tell; with 2, a + b == b + a always).
@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #if SHARDLM_HAVE_MPI
 #include <algorithm>
@@ -71,7 +72,7 @@ double memcpy_gbps(size_t bytes) {
   return double(bytes) / (t.median_us * 1e3);
 }
 
-int run(int iterations) {
+int run(int iterations, const std::vector<size_t>& sizes) {
   auto world = comm::make_mpi_world_group(std::chrono::seconds(60));
   auto& group = dynamic_cast<comm::mpi::MpiGroup&>(*world);
   const int rank = group.rank(), n = group.size();
@@ -82,8 +83,7 @@ int run(int iterations) {
   };
   print(fmt::format("mpi all_reduce, {} ranks, {} iterations per case (median / p90 of single calls, us)", n,
                     iterations));
-  for (size_t bytes : {size_t(4) << 10, size_t(16) << 10, size_t(28) << 10, size_t(256) << 10, size_t(1) << 20,
-                       size_t(4) << 20}) {
+  for (size_t bytes : sizes) {
     const size_t count = bytes / sizeof(float);
     std::vector<float> data(count, 1.0f);
     std::vector<float> copy(count);
@@ -94,6 +94,7 @@ int run(int iterations) {
       size_t segment;
     };
     std::vector<Case> cases = {
+        {"automatic (the default)", comm::mpi::AllReduceAlgorithm::automatic, 64 << 10},
         {"reduce_then_broadcast", comm::mpi::AllReduceAlgorithm::reduce_then_broadcast, 1 << 30},
         {"reduce_then_broadcast/64K", comm::mpi::AllReduceAlgorithm::reduce_then_broadcast, 64 << 10},
         {"reduce_then_broadcast/16K", comm::mpi::AllReduceAlgorithm::reduce_then_broadcast, 16 << 10},
@@ -101,7 +102,9 @@ int run(int iterations) {
         {"native (MPI_Iallreduce)", comm::mpi::AllReduceAlgorithm::native, 0},
     };
     for (const Case& c : cases) {
-      if (c.segment != 0 && c.segment != size_t(1) << 30 && c.segment >= count) continue;
+      const bool pipelined = c.algorithm == comm::mpi::AllReduceAlgorithm::reduce_then_broadcast &&
+                             c.segment != size_t(1) << 30;
+      if (pipelined && c.segment >= count) continue;
       group.set_all_reduce_algorithm(c.algorithm);
       group.set_segment_elements(c.segment ? c.segment : 1);
       Timing t = time_calls(iterations, [&] { group.all_reduce_sum(data.data(), count); });
@@ -135,8 +138,15 @@ int run(int iterations) {
 
 int main(int argc, char** argv) {
   int iterations = argc > 1 ? std::atoi(argv[1]) : 500;
+  std::vector<size_t> sizes;
+  for (const char* p = argc > 2 ? argv[2] : "4,16,28,256,1024,4096"; *p;) {
+    char* end = nullptr;
+    sizes.push_back(size_t(std::strtoul(p, &end, 10)) << 10);
+    p = *end == ',' ? end + 1 : end;
+    if (end == p && *p) break;
+  }
   try {
-    return shardlm::run(std::max(iterations, 10));
+    return shardlm::run(std::max(iterations, 10), sizes);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mpi_allreduce_bench: %s\n", e.what());
     return 1;

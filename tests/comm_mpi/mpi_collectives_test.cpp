@@ -21,6 +21,7 @@ const char* name(AllReduceAlgorithm a) {
     case AllReduceAlgorithm::reduce_then_broadcast: return "reduce_then_broadcast";
     case AllReduceAlgorithm::ring: return "ring";
     case AllReduceAlgorithm::native: return "native";
+    case AllReduceAlgorithm::automatic: return "automatic";
   }
   return "?";
 }
@@ -40,8 +41,8 @@ TEST(MpiAllReduce, SumsAreExactForEveryAlgorithmAndSize) {
   auto group = fresh_world();
   const int me = group->rank(), n = group->size();
   as_mpi(*group).set_segment_elements(1000);  // several pipelined segments for the larger sizes
-  for (auto algorithm :
-       {AllReduceAlgorithm::reduce_then_broadcast, AllReduceAlgorithm::ring, AllReduceAlgorithm::native}) {
+  for (auto algorithm : {AllReduceAlgorithm::automatic, AllReduceAlgorithm::reduce_then_broadcast,
+                         AllReduceAlgorithm::ring, AllReduceAlgorithm::native}) {
     as_mpi(*group).set_all_reduce_algorithm(algorithm);
     for (size_t count : {size_t(1), size_t(2), size_t(999), size_t(1000), size_t(4096), size_t(262147)}) {
       SCOPED_TRACE(::testing::Message() << name(algorithm) << ", count " << count);
@@ -53,7 +54,8 @@ TEST(MpiAllReduce, SumsAreExactForEveryAlgorithmAndSize) {
       for (size_t i = 0; i < count; ++i) {
         float expected = 0;
         for (int r = 0; r < n; ++r) expected += float(int((i * 31 + size_t(r) * 1000) % 2001) - 1000);
-        if (data[i] != expected && wrong++ < 3) ADD_FAILURE() << "element " << i << ": " << data[i] << " != " << expected;
+        if (data[i] != expected && wrong++ < 3)
+          ADD_FAILURE() << "element " << i << ": " << data[i] << " != " << expected;
       }
       EXPECT_EQ(wrong, 0u);
     }
@@ -63,10 +65,13 @@ TEST(MpiAllReduce, SumsAreExactForEveryAlgorithmAndSize) {
 TEST(MpiAllReduce, EveryRankGetsTheSameBits) {
   auto group = fresh_world();
   const int me = group->rank(), n = group->size();
-  const size_t count = 100003;
-  // The two algorithms offered as guaranteed: each element is summed by one rank only.
-  for (auto algorithm : {AllReduceAlgorithm::reduce_then_broadcast, AllReduceAlgorithm::ring}) {
-    SCOPED_TRACE(name(algorithm));
+  // The algorithms offered as guaranteed (each element is summed by one rank only), at a size
+  // where automatic picks the tree (3+ ranks) and one where it picks the ring.
+  for (auto [algorithm, count] : {std::pair{AllReduceAlgorithm::automatic, size_t(1000)},
+                                  std::pair{AllReduceAlgorithm::automatic, size_t(100003)},
+                                  std::pair{AllReduceAlgorithm::reduce_then_broadcast, size_t(100003)},
+                                  std::pair{AllReduceAlgorithm::ring, size_t(100003)}}) {
+    SCOPED_TRACE(::testing::Message() << name(algorithm) << ", count " << count);
     as_mpi(*group).set_all_reduce_algorithm(algorithm);
     std::vector<float> data(count);
     for (size_t i = 0; i < count; ++i) data[i] = awkward_value(me, i);
