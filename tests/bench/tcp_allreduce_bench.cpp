@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
   }
   ceiling(iters);
   std::printf("all_reduce_sum f32, median of %d after 20 warm-up (1 MB and up: %d):\n", iters, iters / 4 + 10);
-  const std::vector<size_t> sizes = {16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20};
+  const std::vector<size_t> sizes = {16 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20, 4 << 20};
   for (int n : rank_counts) {
     group_latency(n, TcpTopology::Ring, 0, "ring (tcp-ring)", iters, sizes);
     group_latency(n, TcpTopology::Mesh, kTcpMeshDirectMaxBytes, "mesh (default)", iters, sizes);

@@ -168,7 +168,7 @@ TEST_P(TcpGroupTest, AllReduceF32IsCorrectAndBitIdentical) {
           if (std::fabs(data[i] - exact) > 1e-5 * n) ++far;
         }
         EXPECT_EQ(far, 0u) << count << " floats over " << n << " ranks";
-        if (GetParam() == TcpTopology::Mesh && count * 4 <= kTcpMeshDirectMaxBytes) {
+        if (GetParam() == TcpTopology::Mesh && count * 4 * size_t(n - 1) <= kTcpMeshDirectMaxBytes) {
           // Direct reduction: exactly the sum taken in rank order.
           size_t differ = 0;
           for (size_t i = 0; i < count; ++i) {
@@ -210,7 +210,7 @@ TEST_P(TcpGroupTest, AllReduceBf16SumsInF32AndRoundsOnce) {
           if (std::fabs(bf16_to_f32(data[i]) - exact) > std::fabs(exact) / 256 + 1e-5) ++far;
         }
         EXPECT_EQ(far, 0u) << count << " bf16 over " << n << " ranks";
-        if (GetParam() == TcpTopology::Mesh && count * 4 <= kTcpMeshDirectMaxBytes) {
+        if (GetParam() == TcpTopology::Mesh && count * 2 * size_t(n - 1) <= kTcpMeshDirectMaxBytes) {
           size_t differ = 0;
           for (size_t i = 0; i < count; ++i) {
             float sum = bf16_to_f32(inputs[0][i]);

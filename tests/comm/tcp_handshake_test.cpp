@@ -182,12 +182,97 @@ TEST(TcpHandshake, AcceptorAnswersStrangersAndReportsThem) {
   ::close(future);
 
   rank0.join();
-  std::printf("rank 0 reported: %s\n", what.c_str());
   EXPECT_NE(what.find(fmt::format("could not connect to rank 1 at {}", cluster.endpoints[1])), std::string::npos)
       << what;
   EXPECT_NE(what.find("refused 2 connection(s)"), std::string::npos) << what;
   EXPECT_NE(what.find("not a shardlm tcp handshake"), std::string::npos) << what;
   EXPECT_NE(what.find("speaks shardlm tcp protocol version 2, this process speaks 1"), std::string::npos) << what;
+}
+
+// A scripted rank 1 of a 2-rank ring that knows the secret: it completes both handshakes and the
+// group's session exchange, then sends rank 0 whatever frame the test gives it.
+class ScriptedRank1 {
+ public:
+  ScriptedRank1(const LoopbackCluster& cluster, std::string frame) {
+    thread_ = std::thread([this, &cluster, frame = std::move(frame)] { play(cluster, frame); });
+  }
+  ~ScriptedRank1() { thread_.join(); }
+
+ private:
+  void play(const LoopbackCluster& cluster, const std::string& frame) {
+    const std::string& secret = cluster.options(0).secret;
+    // Rank 0's connection to us.
+    int in = ::accept(cluster.fds[1], nullptr, nullptr);
+    uint8_t hello[tcp::kHelloBytes], reply[tcp::kHelloBytes], auth[tcp::kAuthBytes], verdict[tcp::kVerdictBytes];
+    ASSERT_TRUE(read_exactly(in, hello, sizeof hello));
+    tcp::ClientHello h = tcp::decode_client_hello(hello);
+    tcp::ServerHello answer;
+    answer.version = kTcpProtocolVersion;
+    answer.rank = 1;
+    answer.group_id = h.group_id;
+    answer.nonce.fill(7);
+    tcp::encode(answer, reply);
+    write_exactly(in, reply, sizeof reply);
+    ASSERT_TRUE(read_exactly(in, auth, sizeof auth));
+    tcp::encode_verdict(tcp::HandshakeStatus::ok, tcp::accept_mac(secret, hello, reply), verdict);
+    write_exactly(in, verdict, sizeof verdict);
+    // Our connection to rank 0.
+    int out = dial(cluster.endpoints[0]);
+    tcp::ClientHello mine = h;
+    mine.from_rank = 1;
+    mine.to_rank = 0;
+    tcp::encode(mine, hello);
+    write_exactly(out, hello, sizeof hello);
+    ASSERT_TRUE(read_exactly(out, reply, sizeof reply));
+    tcp::Digest mac = tcp::connect_mac(secret, reply + 32, hello);
+    write_exactly(out, mac.data(), mac.size());
+    ASSERT_TRUE(read_exactly(out, verdict, sizeof verdict));
+    ASSERT_EQ(tcp::verdict_status(verdict), tcp::HandshakeStatus::ok);
+    // The session id exchange: 8 bytes each way, frame #0.
+    uint8_t frame_in[tcp::kFrameHeaderBytes + 8], frame_out[tcp::kFrameHeaderBytes + 8] = {};
+    ASSERT_TRUE(read_exactly(in, frame_in, sizeof frame_in));
+    tcp::encode(tcp::FrameHeader{tcp::kDataMagic, 0, 8}, frame_out);
+    write_exactly(out, frame_out, sizeof frame_out);
+    write_exactly(out, frame.data(), frame.size());
+    char c;
+    read_exactly(in, &c, 1);  // until rank 0 gives up
+    ::close(in);
+    ::close(out);
+  }
+  std::thread thread_;
+};
+
+std::string frame_bytes(uint32_t magic, uint32_t seq, uint64_t length) {
+  std::string f(tcp::kFrameHeaderBytes, '\0');
+  tcp::encode(tcp::FrameHeader{magic, seq, length}, reinterpret_cast<uint8_t*>(f.data()));
+  return f + "abcd";
+}
+
+TEST(TcpFraming, BadFramesAreErrorsNamingThePeer) {
+  struct Case {
+    std::string frame, error;
+  };
+  const std::vector<Case> cases = {
+      // An absurd length is compared with the recv's size, never allocated.
+      {frame_bytes(tcp::kDataMagic, 1, uint64_t(1) << 60),
+       "sent a message of 1152921504606846976 bytes where this rank expected 4 (do the ranks call in the same order?)"},
+      {frame_bytes(tcp::kDataMagic, 5, 4), "sent message #5 where #1 was due: the stream is corrupted"},
+      {frame_bytes(0x12345678, 1, 4), "sent a corrupted message header (magic 0x12345678, length 4)"},
+      {frame_bytes(tcp::kAbortMagic, 1, uint64_t(1) << 40), "sent a corrupted message header (magic 0x414d4c53"},
+      {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "sent a corrupted message header (magic 0x20544547"},
+  };
+  for (const auto& c : cases) {
+    LoopbackCluster cluster(2);
+    auto options = cluster.options(0);
+    options.timeout = 3s;
+    ScriptedRank1 rank1(cluster, c.frame);
+    auto g = make_tcp_group(options);
+    uint32_t x = 0;
+    std::string what = error_of([&] { g->recv(1, &x, 4); });
+    EXPECT_NE(what.find(fmt::format("rank 1 ({}) {}", cluster.endpoints[1], c.error)), std::string::npos) << what;
+    // The group is unusable afterwards, with the same reason.
+    EXPECT_EQ(error_of([&] { g->barrier(); }), what);
+  }
 }
 
 class TcpStrangerTest : public ::testing::TestWithParam<TcpTopology> {};
