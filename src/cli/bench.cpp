@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
@@ -27,12 +28,6 @@ struct BenchFlags {
   bool json = false;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 int64_t matrix_bytes(const WeightMatrix& m) { return m.data ? m.rows * dtype_bytes(m.dtype, m.cols) : 0; }
 int64_t matrix_params(const WeightMatrix& m) { return m.data ? m.rows * m.cols : 0; }
 
@@ -53,7 +48,8 @@ TokenCost token_cost(const ModelWeights& w) {
 }
 
 void run_bench(BenchFlags& f) {
-  if (!f.single) fail("bench: only --single (one rank) is available in this version");
+  if (f.engine.model_path.empty()) fail("bench: give --model (or --comm to measure the links)");
+  if (!f.single) fail("bench: give --single (one rank) or --comm; sweeps over splits come with `bench --sweep`");
   ThreadPool probe_pool(f.engine.threads > 0 ? f.engine.threads : ThreadPool::default_threads());
   log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
   const double read_bw = measure_read_bandwidth(probe_pool);
@@ -132,7 +128,9 @@ void run_bench(BenchFlags& f) {
 void add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure decode and prefill speed against the machine's own ceilings");
   auto f = std::make_shared<BenchFlags>();
-  cmd->add_option("-m,--model", f->engine.model_path, "Hugging Face model folder or .gguf file")->required();
+  auto comm = std::make_shared<CommBenchFlags>();
+  auto comm_mode = std::make_shared<bool>(false);
+  cmd->add_option("-m,--model", f->engine.model_path, "Hugging Face model folder or .gguf file");
   cmd->add_flag("--single", f->single, "Run the model on one rank (this process)");
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "Prompt length for the prefill figure")
       ->check(CLI::PositiveNumber)
@@ -143,7 +141,21 @@ void add_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("-t,--threads", f->engine.threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_flag("--json", f->json, "Print one JSON object");
+  cmd->add_flag("--comm", *comm_mode, "Measure all_reduce latency between ranks (16 KB and 1 MB) instead of a model");
+  cmd->add_option("--backend", comm->backend, "--comm: shm, tcp or mpi (mpi: run under mpirun)")
+      ->check(CLI::IsMember({"shm", "tcp", "mpi"}))
+      ->capture_default_str();
+  cmd->add_option("--topology", comm->topology, "--comm with tcp: ring or mesh")
+      ->check(CLI::IsMember({"ring", "mesh"}))
+      ->capture_default_str();
+  cmd->add_option("--ranks", comm->ranks, "--comm: ranks started on this host")->check(CLI::Range(2, 64))->capture_default_str();
+  cmd->add_option("--iters", comm->iters, "--comm: timed all_reduces per size")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->callback([=] {
+    if (*comm_mode) {
+      comm->json = f->json;
+      run_comm_bench(*comm);
+      return;
+    }
     f->engine.context = std::max<int64_t>(f->prompt_tokens + f->decode_tokens + 1, 16);
     run_bench(*f);
   });

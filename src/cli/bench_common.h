@@ -1,0 +1,25 @@
+// Pieces shared by the bench modes (one rank, a cluster, the links).
+#pragma once
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/process_stats.h"
+
+namespace shardlm::cli {
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct CommBenchFlags {
+  std::string backend = "shm", topology = "ring";
+  int ranks = 2;
+  int iters = 2000;
+  bool json = false;
+};
+void run_comm_bench(const CommBenchFlags& flags);
+
+}  // namespace shardlm::cli
