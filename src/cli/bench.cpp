@@ -1,5 +1,7 @@
-// shardlm bench --single: the one-rank figures, each printed beside the ceiling it should approach.
-// Decode is bound by memory bandwidth (every weight is read once per token); prefill by the FMA units.
+// shardlm bench: decode and prefill figures of one split (one rank, PP, TP or both), each printed
+// beside the ceiling it should approach. Decode is bound by memory bandwidth (every weight is
+// read once per token, by whichever rank holds it; on one host all ranks share that bandwidth);
+// prefill by the FMA units. `--comm` measures the links instead (bench_comm.cpp).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include "core/log.h"
 #include "core/process_stats.h"
 #include "kernels/cpu/machine_ceiling.h"
+#include "runtime/cluster.h"
 #include "runtime/engine.h"
 
 namespace shardlm::cli {
@@ -21,6 +24,7 @@ namespace {
 
 struct BenchFlags {
   EngineOptions engine;
+  ClusterOptions cluster;
   bool single = false;
   int64_t prompt_tokens = 512;
   int64_t decode_tokens = 32;
@@ -31,11 +35,13 @@ struct BenchFlags {
 int64_t matrix_bytes(const WeightMatrix& m) { return m.data ? m.rows * dtype_bytes(m.dtype, m.cols) : 0; }
 int64_t matrix_params(const WeightMatrix& m) { return m.data ? m.rows * m.cols : 0; }
 
-// Bytes and multiply-adds one token costs in the layers and in the head.
+// Bytes and multiply-adds one token costs in the layers and in the head, for the whole model.
 struct TokenCost {
   int64_t layer_bytes = 0, head_bytes = 0, layer_params = 0, head_params = 0;
+  std::string dtype;
 };
-TokenCost token_cost(const ModelWeights& w) {
+TokenCost token_cost(const ModelFiles& files) {
+  ModelWeights w = load_weights(files);  // views only: nothing is read
   TokenCost c;
   for (const auto& L : w.layers)
     for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
@@ -44,43 +50,70 @@ TokenCost token_cost(const ModelWeights& w) {
     }
   c.head_bytes = matrix_bytes(w.lm_head);
   c.head_params = matrix_params(w.lm_head);
+  c.dtype = std::string(dtype_name(w.layers.at(0).q.dtype));
   return c;
+}
+
+// Runs warm-up + repeats of one request (a random prompt, then decode) through `generate`.
+template <class Generate>
+std::pair<std::vector<double>, std::vector<double>> timed_runs(const BenchFlags& f, int64_t vocab, Generate&& generate) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> id(0, int32_t(std::min<int64_t>(vocab, 150000) - 1));
+  GenerateRequest req;
+  req.prompt_ids.resize(size_t(f.prompt_tokens));
+  for (auto& t : req.prompt_ids) t = id(rng);
+  req.max_new_tokens = f.decode_tokens + 1;  // the first new token comes with the prefill
+  req.stop_at_eos = false;
+  std::vector<double> prefill_s, decode_s;
+  for (int rep = 0; rep <= f.repeats; ++rep) {  // rep 0 warms up
+    GenerateResult r = generate(req);
+    if (rep > 0) prefill_s.push_back(r.prefill_s), decode_s.push_back(r.decode_s);
+    log_info("bench: repeat {}/{}: prefill {:.2f} s, decode {:.2f} s{}", rep, f.repeats, r.prefill_s, r.decode_s,
+             rep ? "" : " (warm-up)");
+  }
+  return {prefill_s, decode_s};
 }
 
 void run_bench(BenchFlags& f) {
   if (f.engine.model_path.empty()) fail("bench: give --model (or --comm to measure the links)");
-  if (!f.single) fail("bench: give --single (one rank) or --comm; sweeps over splits come with `bench --sweep`");
-  ThreadPool probe_pool(f.engine.threads > 0 ? f.engine.threads : ThreadPool::default_threads());
+  const bool split = f.cluster.pp * f.cluster.tp > 1 || f.cluster.backend == "mpi";
+  if (!f.single && !split) fail("bench: give --single (one rank), --pp/--tp for a split, or --comm");
+  const int threads = f.engine.threads > 0 ? f.engine.threads : ThreadPool::default_threads();
+  ThreadPool probe_pool(split ? ThreadPool::default_threads() : threads);
   log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
   const double read_bw = measure_read_bandwidth(probe_pool);
   const double fma_peak = measure_fma_peak(probe_pool);
+  reset_peak_rss();  // the bandwidth probe's buffer is gone; measure the model from here
 
-  Engine engine(f.engine);
-  const ModelConfig& cfg = engine.config();
-  SHARDLM_CHECK(f.prompt_tokens + f.decode_tokens + 1 <= engine.context(),
-                "bench: {} prompt + {} decode tokens exceed the context of {}", f.prompt_tokens, f.decode_tokens,
-                engine.context());
-  const TokenCost cost = token_cost(engine.transformer().weights());
-  std::mt19937 rng(1234);
-  std::uniform_int_distribution<int32_t> id(0, int32_t(std::min<int64_t>(cfg.vocab_size, 150000) - 1));
-  std::vector<int32_t> prompt(size_t(f.prompt_tokens));
-  for (auto& t : prompt) t = id(rng);
-
-  std::vector<float> logits(size_t(cfg.vocab_size));
+  const int64_t context = f.prompt_tokens + f.decode_tokens + 2;
+  auto files = open_model_files(f.engine.model_path);
+  const ModelConfig cfg = files->config();
+  const TokenCost cost = token_cost(*files);
+  files.reset();
+  nlohmann::json ranks;
+  double load_s = 0;
   std::vector<double> prefill_s, decode_s;
-  for (int rep = 0; rep <= f.repeats; ++rep) {  // rep 0 warms up
-    KvCache cache = engine.transformer().make_cache(f.prompt_tokens + f.decode_tokens + 1);
-    Stopwatch clock;
-    engine.transformer().forward(prompt.data(), f.prompt_tokens, 0, cache, logits.data());
-    double p = clock.seconds();
-    int32_t token = prompt.back();
-    clock.reset();
-    for (int64_t i = 0; i < f.decode_tokens; ++i)
-      engine.transformer().forward(&token, 1, f.prompt_tokens + i, cache, logits.data());
-    double d = clock.seconds();
-    if (rep > 0) prefill_s.push_back(p), decode_s.push_back(d);
-    log_info("bench: repeat {}/{}: prefill {:.2f} s, decode {:.2f} s{}", rep, f.repeats, p, d, rep ? "" : " (warm-up)");
+  std::string layout = "1 rank";
+  if (split) {
+    f.cluster.model_path = f.engine.model_path;
+    f.cluster.context = context;
+    f.cluster.threads_per_rank = f.engine.threads;
+    Cluster cluster(f.cluster);
+    if (!cluster.is_driver()) return;
+    load_s = cluster.load_s();
+    std::tie(prefill_s, decode_s) =
+        timed_runs(f, cfg.vocab_size, [&](const GenerateRequest& r) { return cluster.generate(r); });
+    ranks = cluster.rank_reports();
+    layout = fmt::format("pp {} x tp {} over {}", f.cluster.pp, f.cluster.tp, cluster.backend_name());
+  } else {
+    f.engine.context = context;
+    Engine engine(f.engine);
+    load_s = engine.load_s();
+    std::tie(prefill_s, decode_s) =
+        timed_runs(f, cfg.vocab_size, [&](const GenerateRequest& r) { return engine.generate(r); });
+    layout = fmt::format("1 rank, {} threads", engine.pool().size());
   }
+
   const double P = double(f.prompt_tokens);
   // Attention multiply-adds of a causal prefill: each of P queries reads its prefix twice (QK, PV).
   const double attn_flops = 2.0 * 2.0 * double(cfg.num_layers) * double(cfg.num_heads * cfg.head_dim) * P * (P + 1) / 2;
@@ -90,13 +123,23 @@ void run_bench(BenchFlags& f) {
   const double decode_tok_s = double(f.decode_tokens) / median(decode_s);
   const double bytes_per_token = double(cost.layer_bytes + cost.head_bytes);
   const double decode_bw = bytes_per_token * decode_tok_s;
+  double comm_share = 0;
+  int64_t largest_rss = peak_rss_bytes();
+  if (!ranks.is_null()) {
+    for (const auto& r : ranks) {
+      comm_share = std::max(comm_share, r["comm_share"].get<double>());
+      largest_rss = std::max(largest_rss, r["peak_rss_bytes"].get<int64_t>());
+    }
+  }
 
   nlohmann::json j = {{"model", f.engine.model_path},
-                      {"threads", engine.pool().size()},
+                      {"layout", layout},
+                      {"pp", f.cluster.pp},
+                      {"tp", f.cluster.tp},
                       {"simd", simd_level_name(simd_level())},
-                      {"weight_dtype", dtype_name(engine.transformer().weights().layers.at(0).q.dtype)},
-                      {"load_s", engine.load_s()},
-                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"weight_dtype", cost.dtype},
+                      {"load_s", load_s},
+                      {"peak_rss_bytes", largest_rss},
                       {"read_bandwidth_bytes_s", read_bw},
                       {"fma_peak_flop_s", fma_peak},
                       {"prompt_tokens", f.prompt_tokens},
@@ -108,30 +151,40 @@ void run_bench(BenchFlags& f) {
                       {"decode_bytes_per_token", bytes_per_token},
                       {"decode_bytes_s", decode_bw},
                       {"decode_fraction_of_read_bandwidth", decode_bw / read_bw},
+                      {"comm_share", comm_share},
                       {"repeats", f.repeats}};
+  if (!ranks.is_null()) j["ranks"] = ranks;
   if (f.json) {
     fmt::print("{}\n", j.dump());
     return;
   }
-  fmt::print("model            {} ({}, {} threads, {})\n", f.engine.model_path, j["weight_dtype"].get<std::string>(),
-             engine.pool().size(), simd_level_name(simd_level()));
-  fmt::print("load             {:.2f} s, peak RSS {:.2f} GB\n", engine.load_s(), peak_rss_bytes() / 1e9);
-  fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s\n", read_bw / 1e9, fma_peak / 1e9);
+  fmt::print("model            {} ({}, {}, {})\n", f.engine.model_path, cost.dtype, layout, simd_level_name(simd_level()));
+  fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", load_s, largest_rss / 1e9);
+  fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
+             fma_peak / 1e9);
   fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
              decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
   fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (median of {})\n", f.prompt_tokens,
              prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak, f.repeats);
+  if (!ranks.is_null()) {
+    for (const auto& r : ranks)
+      fmt::print("rank {}          stage {} tp {}: load {:.2f} s, peak RSS {:.2f} GB, {:.0f}% of step time in communication\n",
+                 r["rank"].get<int>(), r["stage"].get<int>(), r["tp_rank"].get<int>(), r["load_s"].get<double>(),
+                 r["peak_rss_bytes"].get<int64_t>() / 1e9, 100 * r["comm_share"].get<double>());
+  }
 }
 
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Measure decode and prefill speed against the machine's own ceilings");
+  auto* cmd = app.add_subcommand("bench", "Measure decode and prefill speed (or the links) against the machine's own ceilings");
   auto f = std::make_shared<BenchFlags>();
   auto comm = std::make_shared<CommBenchFlags>();
   auto comm_mode = std::make_shared<bool>(false);
   cmd->add_option("-m,--model", f->engine.model_path, "Hugging Face model folder or .gguf file");
   cmd->add_flag("--single", f->single, "Run the model on one rank (this process)");
+  cmd->add_option("--pp", f->cluster.pp, "Pipeline-parallel stages")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--tp", f->cluster.tp, "Tensor-parallel ranks per stage")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "Prompt length for the prefill figure")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -139,15 +192,15 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--repeats", f->repeats, "Timed repeats (after one warm-up); medians are reported")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("-t,--threads", f->engine.threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("-t,--threads", f->engine.threads, "Threads (per rank; 0: the cores shared by the ranks)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--json", f->json, "Print one JSON object");
   cmd->add_flag("--comm", *comm_mode, "Measure all_reduce latency between ranks (16 KB and 1 MB) instead of a model");
-  cmd->add_option("--backend", comm->backend, "--comm: shm, tcp or mpi (mpi: run under mpirun)")
+  cmd->add_option("--backend", comm->backend, "Link between ranks: shm, tcp or mpi (mpi: run under mpirun)")
       ->check(CLI::IsMember({"shm", "tcp", "mpi"}))
       ->capture_default_str();
-  cmd->add_option("--topology", comm->topology, "--comm with tcp: ring or mesh")
-      ->check(CLI::IsMember({"ring", "mesh"}))
-      ->capture_default_str();
+  cmd->add_option("--topology", comm->topology, "tcp: ring or mesh")->check(CLI::IsMember({"ring", "mesh"}))->capture_default_str();
   cmd->add_option("--ranks", comm->ranks, "--comm: ranks started on this host")->check(CLI::Range(2, 64))->capture_default_str();
   cmd->add_option("--iters", comm->iters, "--comm: timed all_reduces per size")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->callback([=] {
@@ -156,7 +209,8 @@ void add_bench(CLI::App& app) {
       run_comm_bench(*comm);
       return;
     }
-    f->engine.context = std::max<int64_t>(f->prompt_tokens + f->decode_tokens + 1, 16);
+    f->cluster.backend = comm->backend;
+    f->cluster.topology = comm->topology;
     run_bench(*f);
   });
 }

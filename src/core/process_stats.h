@@ -9,6 +9,9 @@ namespace shardlm {
 int64_t peak_rss_bytes();
 // Current resident set size in bytes (VmRSS).
 int64_t current_rss_bytes();
+// Starts the peak over from the current size (Linux clear_refs), e.g. after a measurement's
+// scratch buffer is freed, so the peak reported is the model's.
+void reset_peak_rss();
 
 class Stopwatch {
  public:
