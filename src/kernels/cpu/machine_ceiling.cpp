@@ -1,3 +1,5 @@
+// The probes' drivers: buffers, threads, timing and the statistics over passes. The loops that
+// run at the limits are per SIMD level (machine_ceiling_<level>.cpp).
 #include "kernels/cpu/machine_ceiling.h"
 
 #include <sys/mman.h>
@@ -53,7 +55,7 @@ volatile float g_sink;
 }  // namespace
 
 double measure_read_bandwidth(ThreadPool& pool, size_t buffer_bytes) {
-  SHARDLM_CHECK(buffer_bytes >= (size_t(1) << 20), "measure_read_bandwidth: buffer of {} bytes is too small",
+  SHARDLM_CHECK(buffer_bytes >= (size_t(1) << 20), "measure_read_bandwidth: buffer of {} bytes is too small (at least 1 MB)",
                 buffer_bytes);
   const size_t n = buffer_bytes / sizeof(float);
   // Plain pages (no madvise for huge pages): the same kind of memory mmap'd weights sit in.

@@ -9,10 +9,12 @@
 namespace shardlm {
 
 // Sustained read bandwidth in bytes/s of all threads of `pool` summing a buffer much larger
-// than the last-level cache (median of several passes).
+// than the last-level cache, each thread its contiguous share, with the widest loads and
+// software prefetch (median of several passes). Throws Error for a buffer under 1 MB.
 double measure_read_bandwidth(ThreadPool& pool, size_t buffer_bytes = size_t(1) << 30);
 // Peak f32 FMA throughput in FLOP/s (one FMA = 2 FLOP) of all threads, with independent
-// register-resident accumulators at the widest vector width the CPU has.
+// register-resident accumulators at the widest vector width the kernels use (simd_level(), so
+// SHARDLM_SIMD=avx2 measures the AVX2 peak); the best of several passes.
 double measure_fma_peak(ThreadPool& pool);
 
 }  // namespace shardlm

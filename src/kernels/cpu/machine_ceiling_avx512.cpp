@@ -4,11 +4,17 @@
 
 namespace shardlm::ceiling_kernels::avx512 {
 
+constexpr size_t kPrefetchBytes = 8192;
+
 float sum_floats(const float* p, size_t n) {
   // Four independent sums so the adds never wait on each other: only the loads limit it.
+  // Software prefetch 8 KB ahead on top of the hardware prefetchers: measured on Zen 5, it
+  // raises two threads' read rate by ~10% (the decode kernels do the same, and a ceiling they
+  // could beat would be no ceiling).
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    for (int line = 0; line < 4; ++line) _mm_prefetch(reinterpret_cast<const char*>(p + i + 16 * line) + kPrefetchBytes, _MM_HINT_T0);
     s0 = _mm512_add_ps(s0, _mm512_loadu_ps(p + i));
     s1 = _mm512_add_ps(s1, _mm512_loadu_ps(p + i + 16));
     s2 = _mm512_add_ps(s2, _mm512_loadu_ps(p + i + 32));

@@ -19,9 +19,11 @@ struct WeightMatrix {
 };
 
 // y[m*N + n] (+)= sum_k x[m*K + k] * W[n][k] for m < M, n < N.
-// M == 1 (decode) streams the weights once as matrix-vector products; M > 1 (prefill) converts
-// weight panels to f32 and runs a cache-blocked matrix-matrix kernel. All threads of `pool` work.
-// accumulate = true adds into y (used to fuse the residual add).
+// Small M (decode; up to 8 rows with AVX-512, 4 with AVX2) streams the weights once as
+// matrix-vector products, each thread one contiguous range of rows; larger M (prefill) converts
+// weight panels to f32 and runs a cache-blocked matrix-matrix kernel, each thread its own range
+// of output features. Accumulation is f32 throughout, activations are never rounded.
+// accumulate = true adds into y (used to fuse the residual add). Throws Error for a bad matrix.
 void matmul(ThreadPool& pool, const float* x, int64_t M, const WeightMatrix& w, float* y,
             bool accumulate = false);
 
@@ -59,7 +61,8 @@ struct Kernels {
   void (*pack_activations)(const float* x, int64_t ldx, int64_t rows, int64_t kc, float* dst);
   // Weight panel: W rows [n0, n0+rows) (rows <= panel_width), columns [k0, k0+kc), as f32,
   // k-major: dst[k*panel_width + r], rows past `rows` zero. k0 and kc are multiples of
-  // kPackStep except a final kc that reaches K.
+  // kPackStep except a final kc that reaches K. dst is 64-byte aligned with room for kc rounded
+  // up to 16 (packers may store whole vectors past kc).
   void (*pack_weights)(const WeightMatrix& w, int64_t n0, int64_t rows, int64_t k0, int64_t kc, float* dst);
   // y[r*ldy + c] (+)= sum_k xp[k*tile_rows + r] * wp[k*panel_width + c] for r < rows, c < cols.
   void (*tile)(int64_t kc, const float* xp, int rows, const float* wp, int cols, float* y, int64_t ldy,

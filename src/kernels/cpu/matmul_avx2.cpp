@@ -223,10 +223,10 @@ inline void transpose8(__m256 (&v)[8]) {
   }
 }
 
-void pack_activations(const float* x, int64_t ldx, int64_t rows, int64_t K, float* dst) {
+void pack_activations(const float* x, int64_t ldx, int64_t rows, int64_t kc, float* dst) {
   const __m256i tile_lanes = first_lanes(kTileRows);
-  for (int64_t k = 0; k < K; k += 8) {
-    const int64_t n = std::min<int64_t>(8, K - k);
+  for (int64_t k = 0; k < kc; k += 8) {
+    const int64_t n = std::min<int64_t>(8, kc - k);
     const __m256i mask = first_lanes(n);
     __m256 v[8];
     for (int r = 0; r < 8; ++r) v[r] = r < rows ? _mm256_maskload_ps(x + r * ldx + k, mask) : _mm256_setzero_ps();

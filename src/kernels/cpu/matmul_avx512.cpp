@@ -3,7 +3,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <array>
 #include <utility>
 
@@ -55,12 +54,6 @@ struct F16Weights {
   }
 };
 
-inline float block_scale(const uint8_t* block) {
-  uint16_t h;
-  __builtin_memcpy(&h, block, 2);
-  return _cvtsh_ss(h);
-}
-
 // The block's f16 scale in every lane: a broadcast load and one conversion, no trip through a
 // general-purpose register.
 inline __m512 block_scale_vector(const uint8_t* block) {
@@ -80,7 +73,7 @@ struct Q8Weights {
     const uint8_t* block = row + k / 32 * kBlockBytes;
     __m512 q = _mm512_cvtepi32_ps(
         _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2 + k % 32))));
-    return _mm512_mul_ps(q, _mm512_set1_ps(block_scale(block)));
+    return _mm512_mul_ps(q, block_scale_vector(block));
   }
 };
 
@@ -101,27 +94,25 @@ struct Q4Weights {
     const uint8_t* block = row + k / 32 * kBlockBytes;
     __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2)));
     if (k % 32) bytes = _mm512_srli_epi32(bytes, 4);
-    return _mm512_mul_ps(nibble_values(bytes), _mm512_set1_ps(block_scale(block)));
+    return _mm512_mul_ps(nibble_values(bytes), block_scale_vector(block));
   }
 };
 
 // ---- Decode: R weight rows x M activation vectors at a time --------------------------------
-// M = 1 reads one row at a time, so each thread is one sequential stream: the hardware
+// Up to 4 vectors read one row at a time, so each thread is one sequential stream: the hardware
 // prefetchers follow it across pages, while rows 4 KB apart (each its own page) retrain them at
-// every page (measured: 20-40% less bandwidth with 4 rows at a time). More activation vectors
-// take 2 rows at a time so each activation load (from L1, or L2 when M*K floats exceed L1)
-// serves two rows.
-static const int kRowsEnv = std::getenv("RS") ? std::atoi(std::getenv("RS")) : 5;  // TUNING
+// every page (measured: 20-45% less bandwidth with 2 or 4 rows at a time). From 5 vectors on the
+// kernel is bound by activation loads (M*K floats outgrow L1), so 2 rows share each load.
 template <int M>
 constexpr int kRowsPerStep = M < 5 ? 1 : 2;
-// Independent accumulators per (vector, row): at least 8 chains in all where registers allow,
-// to cover the FMA latency.
+// Independent accumulators per (vector, row), so that 4-8 FMA chains cover the FMA latency.
 template <int M>
 constexpr int kChains = M * kRowsPerStep<M> >= 5 ? 1 : M * kRowsPerStep<M> >= 3 ? 2 : 4;
 
-// Software prefetch this far ahead in each row, on top of the hardware prefetchers, which
-// alone keep too few misses in flight (measured: +10-25% at 1-2 threads on Zen 5).
-static const int64_t kPrefetchBytes = std::getenv("PF") ? std::atoll(std::getenv("PF")) : 4096;  // TUNING
+// Software prefetch this far ahead in the row stream, on top of the hardware prefetchers
+// (measured on Zen 5: up to +15% at one thread, neutral at two). Rows taken R > 1 at a time
+// prefetch the same columns R rows on, where the next step reads.
+constexpr int64_t kPrefetchBytes = 4096;
 
 inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
@@ -185,7 +176,6 @@ void dot_rows_quant(const float* x, int64_t K, const uint8_t* w, int64_t stride,
     __m512 lo[R], hi[R], d[R];
     for (int r = 0; r < R; ++r) {
       const uint8_t* block = w + r * stride + b * W::kBlockBytes;
-      prefetch(block + (R == 1 ? kPrefetchBytes : R * stride));
       W::integers(block, lo[r], hi[r]);
       d[r] = block_scale_vector(block);
     }
@@ -197,11 +187,20 @@ void dot_rows_quant(const float* x, int64_t K, const uint8_t* w, int64_t stride,
       }
     }
   };
+  // One prefetch per cache line of each step's blocks (prefetches take load slots, which bound
+  // the quantized kernels).
+  auto prefetch_step = [&](int64_t b) {
+    for (int r = 0; r < R; ++r)
+      for (int64_t off = 0; off < A * W::kBlockBytes; off += 64)
+        prefetch(w + r * stride + b * W::kBlockBytes + off + (R == 1 ? kPrefetchBytes : R * stride));
+  };
   const int64_t blocks = K / 32;
   int64_t b = 0;
-  for (; b + A <= blocks; b += A)
+  for (; b + A <= blocks; b += A) {
+    prefetch_step(b);
     [&]<int... a>(std::integer_sequence<int, a...>) { (block_step.template operator()<a>(b + a), ...); }(
         std::make_integer_sequence<int, A>{});
+  }
   for (; b < blocks; ++b) block_step.template operator()<0>(b);
   store_dots(acc, y, N, accumulate);
 }
@@ -215,7 +214,7 @@ void gemv_rows(const float* x, const WeightMatrix& w, int64_t n0, int64_t n1, fl
   };
   constexpr int R = kRowsPerStep<M>;
   int64_t n = n0;
-  if (M >= kRowsEnv) for (; n + R <= n1; n += R) rows.template operator()<R>(n);
+  for (; n + R <= n1; n += R) rows.template operator()<R>(n);
   for (; n < n1; ++n) rows.template operator()<1>(n);
 }
 
@@ -271,14 +270,14 @@ inline void transpose16(__m512 (&v)[16]) {
   }
 }
 
-void pack_activations(const float* x, int64_t ldx, int64_t rows, int64_t K, float* dst) {
+void pack_activations(const float* x, int64_t ldx, int64_t rows, int64_t kc, float* dst) {
   constexpr __mmask16 kTileLanes = (1u << kTileRows) - 1;
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 mask = first_lanes(K - k);
+  for (int64_t k = 0; k < kc; k += 16) {
+    const __mmask16 mask = first_lanes(kc - k);
     __m512 v[16];
     for (int r = 0; r < 16; ++r) v[r] = r < rows ? _mm512_maskz_loadu_ps(mask, x + r * ldx + k) : _mm512_setzero_ps();
     transpose16(v);
-    const int64_t n = std::min<int64_t>(16, K - k);
+    const int64_t n = std::min<int64_t>(16, kc - k);
     for (int64_t j = 0; j < n; ++j) _mm512_mask_storeu_ps(dst + (k + j) * kTileRows, kTileLanes, v[j]);
   }
 }
@@ -290,7 +289,8 @@ void pack_weights_as(const WeightMatrix& w, int64_t n0, int64_t rows, int64_t k0
     const uint8_t* src[16];
     for (int i = 0; i < 16; ++i) src[i] = r0 + i < rows ? w.data + (n0 + r0 + i) * w.row_stride : nullptr;
     // The next k block of these rows comes from DRAM one block of compute later: ask for it now
-    // (into L2), since each row's short run is too short for the hardware prefetchers.
+    // (into L2), since each row's short run is too short for the hardware prefetchers
+    // (measured: +10% at M = 16, neutral at M = 512 where compute hides the latency anyway).
     const int64_t next_begin = dtype_bytes(w.dtype, k0 + kc), next_end = dtype_bytes(w.dtype, std::min(w.cols, k0 + 2 * kc));
     for (int i = 0; i < 16; ++i)
       if (src[i])
