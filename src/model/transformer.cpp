@@ -63,9 +63,7 @@ void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x
   const int64_t H = c.hidden_size, D = c.head_dim, kv_dim = n_kv_heads_ * D;
   const float eps = float(c.rms_norm_eps);
   ops::rmsnorm(x, L.attn_norm.data(), h_.data(), n, H, eps);
-  matmul(pool_, h_.data(), n, L.q, q_.data());
-  matmul(pool_, h_.data(), n, L.k, k_.data());
-  matmul(pool_, h_.data(), n, L.v, v_.data());
+  matmul_same_input(pool_, h_.data(), n, {{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}});
   if (!L.q_norm.empty()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
     ops::rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * n_heads_, D, eps);
     ops::rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * n_kv_heads_, D, eps);
@@ -86,8 +84,7 @@ void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x
 void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   const ModelConfig& c = config();
   ops::rmsnorm(x, L.mlp_norm.data(), h_.data(), n, c.hidden_size, float(c.rms_norm_eps));
-  matmul(pool_, h_.data(), n, L.gate, gate_.data());
-  matmul(pool_, h_.data(), n, L.up, up_.data());
+  matmul_same_input(pool_, h_.data(), n, {{&L.gate, gate_.data()}, {&L.up, up_.data()}});
   ops::swiglu(gate_.data(), up_.data(), gate_.data(), n * ffn_);
   project_and_add(L.down, gate_.data(), n, x);
 }

@@ -242,3 +242,33 @@ TEST(Matmul, RejectsBadMatrices) {
 }
 
 }  // namespace
+
+TEST(Matmul, SameInputGroupEqualsSeparateProducts) {
+  // q, k, v of different sizes and dtypes from one activation, at decode and prefill sizes.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const int64_t K = 96;
+  std::vector<std::vector<uint8_t>> storage;
+  std::vector<WeightMatrix> ws;
+  for (auto [dtype, N] : {std::pair{DType::BF16, int64_t(72)}, std::pair{DType::Q8_0, int64_t(40)}, std::pair{DType::F32, int64_t(9)}}) {
+    std::vector<float> f(size_t(N * K));
+    for (auto& v : f) v = d(rng);
+    storage.emplace_back(size_t(dtype_bytes(dtype, N * K)));
+    from_f32(dtype, f.data(), storage.back().data(), N * K);
+    ws.push_back(WeightMatrix{dtype, storage.back().data(), N, K, dtype_bytes(dtype, K)});
+  }
+  ThreadPool pool(2);
+  for (int64_t M : {1, 3, 20}) {
+    std::vector<float> x(size_t(M * K));
+    for (auto& v : x) v = d(rng);
+    std::vector<std::vector<float>> grouped(3), separate(3);
+    for (int i = 0; i < 3; ++i) {
+      grouped[size_t(i)].assign(size_t(M * ws[size_t(i)].rows), -1.0f);
+      separate[size_t(i)].assign(grouped[size_t(i)].size(), -2.0f);
+      matmul(pool, x.data(), M, ws[size_t(i)], separate[size_t(i)].data());
+    }
+    matmul_same_input(pool, x.data(), M,
+                      {{&ws[0], grouped[0].data()}, {&ws[1], grouped[1].data()}, {&ws[2], grouped[2].data()}});
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(grouped[size_t(i)], separate[size_t(i)]) << "matrix " << i << " M " << M;
+  }
+}

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -82,19 +83,24 @@ const Kernels& kernels_for(SimdLevel level) {
   return matmul_detail::scalar_kernels();
 }
 
-void run_decode(const Kernels& kern, ThreadPool& pool, const float* x, int64_t M, const WeightMatrix& w,
-                float* y, bool accumulate) {
-  const int64_t N = w.rows;
+// Decode of several matrices that read the same activations (q, k, v; gate, up) in one parallel
+// region: each thread streams its row range of every matrix, so the threads start and finish
+// once instead of once per matrix, and their shares even out over the matrices.
+void run_decode(const Kernels& kern, ThreadPool& pool, const float* x, int64_t M, std::span<const MatmulJob> jobs,
+                bool accumulate) {
   // Rows in contiguous ranges so each thread streams one run of memory; a small grain keeps the
   // split even for the 512-row kv projections.
   constexpr int64_t kGrain = 8;
-  const int64_t chunks = (N + kGrain - 1) / kGrain;
-  const int64_t K = w.cols, step = kern.max_decode_rows;
+  const int64_t step = kern.max_decode_rows;
   pool.run([&](int t, int nt) {
-    int64_t n0 = std::min(N, chunks * t / nt * kGrain), n1 = std::min(N, chunks * (t + 1) / nt * kGrain);
-    if (n0 >= n1) return;
-    for (int64_t m0 = 0; m0 < M; m0 += step)
-      kern.gemv(x + m0 * K, std::min(step, M - m0), w, n0, n1, y + m0 * N, accumulate);
+    for (const MatmulJob& job : jobs) {
+      const WeightMatrix& w = *job.w;
+      const int64_t N = w.rows, K = w.cols, chunks = (N + kGrain - 1) / kGrain;
+      int64_t n0 = std::min(N, chunks * t / nt * kGrain), n1 = std::min(N, chunks * (t + 1) / nt * kGrain);
+      if (n0 >= n1) continue;
+      for (int64_t m0 = 0; m0 < M; m0 += step)
+        kern.gemv(x + m0 * K, std::min(step, M - m0), w, n0, n1, job.y + m0 * N, accumulate);
+    }
   });
 }
 
@@ -173,8 +179,12 @@ void run_matmul(const Kernels& kern, ThreadPool& pool, const float* x, int64_t M
     return;
   }
   if (path == MatmulPath::Auto) path = M <= kern.max_decode_rows ? MatmulPath::Decode : MatmulPath::Packed;
-  if (path == MatmulPath::Decode) run_decode(kern, pool, x, M, w, y, accumulate);
-  else run_packed(kern, pool, x, M, w, y, accumulate);
+  if (path == MatmulPath::Decode) {
+    const MatmulJob job{&w, y};
+    run_decode(kern, pool, x, M, std::span<const MatmulJob>(&job, 1), accumulate);
+  } else {
+    run_packed(kern, pool, x, M, w, y, accumulate);
+  }
 }
 
 }  // namespace
@@ -195,6 +205,21 @@ void check_weight_matrix(const WeightMatrix& w) {
 void matmul(ThreadPool& pool, const float* x, int64_t M, const WeightMatrix& w, float* y, bool accumulate) {
   static const Kernels& kern = kernels_for(simd_level());
   run_matmul(kern, pool, x, M, w, y, accumulate, MatmulPath::Auto);
+}
+
+void matmul_same_input(ThreadPool& pool, const float* x, int64_t M, std::initializer_list<MatmulJob> jobs) {
+  static const Kernels& kern = kernels_for(simd_level());
+  bool decode = M > 0 && M <= kern.max_decode_rows;
+  for (const MatmulJob& job : jobs) {
+    check_weight_matrix(*job.w);
+    decode = decode && job.w->rows > 0 && job.w->cols > 0 && job.y;
+  }
+  if (!decode) {
+    for (const MatmulJob& job : jobs) run_matmul(kern, pool, x, M, *job.w, job.y, false, MatmulPath::Auto);
+    return;
+  }
+  SHARDLM_CHECK(x, "matmul: null activations");
+  run_decode(kern, pool, x, M, std::span<const MatmulJob>(jobs.begin(), jobs.size()), false);
 }
 
 void matmul_at_level(SimdLevel level, ThreadPool& pool, const float* x, int64_t M, const WeightMatrix& w,

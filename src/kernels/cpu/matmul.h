@@ -3,6 +3,7 @@
 // each row the input features), read straight from the mapped file.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
@@ -26,6 +27,14 @@ struct WeightMatrix {
 // accumulate = true adds into y (used to fuse the residual add). Throws Error for a bad matrix.
 void matmul(ThreadPool& pool, const float* x, int64_t M, const WeightMatrix& w, float* y,
             bool accumulate = false);
+
+// Several products of the same activations (q, k and v; gate and up): y_i = x W_i^T. Decode runs
+// them in one parallel region, which matters when each is only a few MB.
+struct MatmulJob {
+  const WeightMatrix* w;
+  float* y;
+};
+void matmul_same_input(ThreadPool& pool, const float* x, int64_t M, std::initializer_list<MatmulJob> jobs);
 
 // Plain scalar reference (double accumulation), for tests.
 void matmul_reference(const float* x, int64_t M, const WeightMatrix& w, float* y);
