@@ -110,8 +110,8 @@ void Cluster::start(const ClusterOptions& o) {
     start_local(o, ro);
   }
   rank0_ = std::make_unique<Rank>(ro, *world_);  // returns when every rank has loaded
-  load_s_ = clock.seconds();
   tokenizer_ = o.tokenizer ? o.tokenizer : std::make_shared<const Tokenizer>(rank0_->files().tokenizer());
+  load_s_ = clock.seconds();  // as Engine's: until the first request can run
   for (const auto& line : describe_plan(rank0_->plan())) log_info("{}", line);
   log_info("{} ranks over {} ready in {:.2f} s", world, backend_name_, load_s_);
 }
