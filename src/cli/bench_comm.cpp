@@ -141,21 +141,7 @@ void run_comm_bench(const CommBenchFlags& f) {
     if (g->rank() == 0) report(name, g->size(), rows, f.json);
     return;
   }
-  comm::GroupSpec spec;
-  spec.backend = f.backend;
-  spec.topology = f.topology;
-  spec.size = f.ranks;
-  std::vector<int> fds;
-  if (f.backend == "shm") {
-    spec.shm_name = comm::new_shm_group_name();
-  } else {
-    spec.secret = "bench";
-    for (int r = 0; r < f.ranks; ++r) {
-      int port = 0;
-      fds.push_back(comm::tcp_listen("127.0.0.1", 0, &port));
-      spec.endpoints.push_back(fmt::format("127.0.0.1:{}", port));
-    }
-  }
+  comm::LocalGroup group = comm::prepare_local_group(f.backend, f.topology, f.ranks, "bench", comm::kDefaultTimeout);
   std::vector<pid_t> children;
   std::fflush(stdout);
   for (int r = 1; r < f.ranks; ++r) {
@@ -163,9 +149,8 @@ void run_comm_bench(const CommBenchFlags& f) {
     if (pid == 0) {
       int code = 0;
       try {
-        spec.rank = r;
-        spec.listen_fd = fds.empty() ? -1 : fds[size_t(r)];
-        auto g = comm::connect(spec);
+        group.close_except(r);
+        auto g = comm::connect(group.for_rank(r));
         measure(*g, sizes, f.iters);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "shardlm: error: rank %d: %s\n", r, e.what());
@@ -175,12 +160,11 @@ void run_comm_bench(const CommBenchFlags& f) {
     }
     children.push_back(pid);
   }
+  group.close_except(0);
   std::vector<Row> rows;
   std::string error;
   try {
-    spec.rank = 0;
-    spec.listen_fd = fds.empty() ? -1 : fds[0];
-    auto g = comm::connect(spec);
+    auto g = comm::connect(group.for_rank(0));
     rows = measure(*g, sizes, f.iters);
   } catch (const std::exception& e) {
     error = e.what();
@@ -189,7 +173,7 @@ void run_comm_bench(const CommBenchFlags& f) {
     int status;
     ::waitpid(pid, &status, 0);
   }
-  for (int fd : fds) ::close(fd);
+  group.close_except(-1);
   if (!error.empty()) fail("{}", error);
   report(name, f.ranks, rows, f.json);
 }

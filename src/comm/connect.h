@@ -22,6 +22,18 @@ struct GroupSpec {
 
 std::unique_ptr<Group> connect(const GroupSpec& spec);
 
+// Prepares a group of `size` ranks on this host before they start (one process forks the others):
+// a fresh shm name, or for tcp one listening socket per rank on 127.0.0.1, bound now so no port
+// can be taken in between. Rank r then uses for_rank(r), and close_except(r) in its own process.
+struct LocalGroup {
+  GroupSpec spec;
+  std::vector<int> listen_fds;  // tcp only, index = rank
+  GroupSpec for_rank(int rank) const;
+  void close_except(int rank);  // closes every listening socket but `rank`'s (-1: all)
+};
+LocalGroup prepare_local_group(const std::string& backend, const std::string& topology, int size,
+                               const std::string& secret, std::chrono::milliseconds timeout);
+
 // Checks backend/topology names; throws Error listing the valid ones.
 void check_backend(const std::string& backend, const std::string& topology);
 bool mpi_available();

@@ -118,51 +118,30 @@ void Cluster::start(const ClusterOptions& o) {
 
 void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
   const int world = o.pp * o.tp;
-  comm::GroupSpec spec;
-  spec.backend = o.backend;
-  spec.topology = o.topology;
-  spec.size = world;
-  spec.timeout = o.timeout;
-  std::vector<int> listen_fds;
-  if (o.backend == "shm") {
-    spec.shm_name = comm::new_shm_group_name();
-  } else {
-    spec.secret = o.secret.empty() ? random_secret() : o.secret;
-    for (int r = 0; r < world; ++r) {
-      int port = 0;
-      listen_fds.push_back(comm::tcp_listen("127.0.0.1", 0, &port));
-      spec.endpoints.push_back(fmt::format("127.0.0.1:{}", port));
-    }
-  }
+  comm::LocalGroup group =
+      comm::prepare_local_group(o.backend, o.topology, world, o.secret.empty() ? random_secret() : o.secret, o.timeout);
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t parent = ::getpid();
   for (int r = 1; r < world; ++r) {
     pid_t pid = ::fork();
     if (pid < 0) {
+      group.close_except(-1);
       shutdown_quietly();
       fail("cannot start rank {}: fork failed", r);
     }
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a rank never outlives the run that started it
       if (::getppid() != parent) ::_exit(1);
-      for (int i = 0; i < int(listen_fds.size()); ++i)
-        if (i != r) ::close(listen_fds[size_t(i)]);
-      spec.rank = r;
-      spec.listen_fd = listen_fds.empty() ? -1 : listen_fds[size_t(r)];
-      run_child_rank(spec, ro);
+      group.close_except(r);
+      run_child_rank(group.for_rank(r), ro);
     }
     children_.push_back(pid);
   }
-  for (int i = 1; i < int(listen_fds.size()); ++i) ::close(listen_fds[size_t(i)]);
-  spec.rank = 0;
-  spec.listen_fd = listen_fd_ = listen_fds.empty() ? -1 : listen_fds[0];
-  try {
-    world_ = comm::connect(spec);
-  } catch (...) {
-    shutdown_quietly();
-    throw;
-  }
+  group.close_except(0);
+  comm::GroupSpec spec = group.for_rank(0);
+  listen_fd_ = spec.listen_fd;
+  world_ = comm::connect(spec);
 }
 
 void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {

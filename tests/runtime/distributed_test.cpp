@@ -14,6 +14,7 @@
 #include "runtime/engine.h"
 #include "runtime/step_protocol.h"
 #include "test_models.h"
+#include "test_numerics.h"
 #include "test_paths.h"
 
 using namespace shardlm;
@@ -39,15 +40,6 @@ const Reference& single_rank(const std::string& model) {
   r.stop_at_eos = false;
   GenerateResult g = e.generate(r);
   return cache[model] = Reference{g.output_ids, g.first_logits};
-}
-
-double max_relative_error(const std::vector<float>& a, const std::vector<float>& ref) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff = std::max(diff, double(std::fabs(a[i] - ref[i])));
-    scale = std::max(scale, double(std::fabs(ref[i])));
-  }
-  return diff / scale;
 }
 
 // Segments of groups this process started (names carry the launcher's pid; other test binaries
@@ -80,7 +72,7 @@ void check_split(const std::string& model, int pp, int tp, const std::string& ba
   if (tp == 1) {
     EXPECT_EQ(g.first_logits, ref.logits) << "pipeline split is not bit-identical";
   } else {
-    double err = max_relative_error(g.first_logits, ref.logits);
+    double err = test::max_relative_error(g.first_logits, ref.logits);
     EXPECT_LT(err, 1e-4);
     std::printf("pp %d tp %d %s %s: max relative logit error %.3g\n", pp, tp, backend.c_str(), topology.c_str(), err);
   }

@@ -9,21 +9,13 @@
 #include "formats/model_files.h"
 #include "runtime/engine.h"
 #include "test_models.h"
+#include "test_numerics.h"
 #include "test_paths.h"
 
 using namespace shardlm;
 namespace fs = std::filesystem;
 
 namespace {
-
-double max_relative_error(const std::vector<float>& a, const std::vector<float>& ref) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff = std::max(diff, double(std::fabs(a[i] - ref[i])));
-    scale = std::max(scale, double(std::fabs(ref[i])));
-  }
-  return diff / scale;
-}
 
 GenerateResult greedy(Engine& e, const std::string& prompt, int64_t n) {
   GenerateRequest r;
@@ -61,7 +53,7 @@ TEST(Engine, ThreadCountDoesNotChangeTokens) {
   auto a = greedy(one, kPrompt, 16), b = greedy(two, kPrompt, 16), c = greedy(three, kPrompt, 16);
   EXPECT_EQ(a.output_ids, b.output_ids);
   EXPECT_EQ(a.output_ids, c.output_ids);
-  EXPECT_LT(max_relative_error(b.first_logits, a.first_logits), 1e-5);
+  EXPECT_LT(test::max_relative_error(b.first_logits, a.first_logits), 1e-5);
 }
 
 TEST(Engine, ShardedFolderGivesIdenticalLogits) {
@@ -109,7 +101,7 @@ TEST(Engine, GgufF32ConversionMatchesTheHuggingFaceFolder) {
     Engine a({src, 0, 128}), b({gguf, 0, 128});
     auto ra = greedy(a, kPrompt, 16), rb = greedy(b, kPrompt, 16);
     EXPECT_EQ(ra.prompt_ids, rb.prompt_ids) << "GGUF tokenizer differs (" << arch << ")";
-    EXPECT_LT(max_relative_error(rb.first_logits, ra.first_logits), 1e-5) << arch;
+    EXPECT_LT(test::max_relative_error(rb.first_logits, ra.first_logits), 1e-5) << arch;
     EXPECT_EQ(ra.output_ids, rb.output_ids) << arch;
   }
 }
@@ -131,10 +123,10 @@ TEST(Engine, GgufQuantizedMatchesItsDequantizedWeightsAndStaysCloseToF32) {
     Engine q({dir + "/q.gguf", 0, 128}), dq({dir + "/dequantized.gguf", 0, 128});
     ASSERT_EQ(q.files().find("model.layers.0.mlp.up_proj.weight")->dtype, dtype);
     auto rq = greedy(q, kPrompt, 16), rdq = greedy(dq, kPrompt, 16);
-    EXPECT_LT(max_relative_error(rq.first_logits, rdq.first_logits), 1e-5) << dtype_name(dtype);
+    EXPECT_LT(test::max_relative_error(rq.first_logits, rdq.first_logits), 1e-5) << dtype_name(dtype);
     EXPECT_EQ(rq.output_ids, rdq.output_ids) << dtype_name(dtype);
 
-    double err = max_relative_error(rq.first_logits, rr.first_logits);
+    double err = test::max_relative_error(rq.first_logits, rr.first_logits);
     std::printf("%s: max relative logit error vs the f32 model %.4g\n", std::string(dtype_name(dtype)).c_str(), err);
     EXPECT_LT(err, tolerance) << dtype_name(dtype);
     if (dtype == DType::Q8_0) EXPECT_EQ(rq.output_ids[0], rr.output_ids[0]);
