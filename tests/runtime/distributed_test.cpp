@@ -194,3 +194,33 @@ TEST(Distributed, StepMessagesAreChecked) {
   EXPECT_NE(error(m).find("limit 64"), std::string::npos);
 }
 
+
+// The report behind shardlm could not run tensor parallel on 5 nodes: 5 divides neither the
+// heads nor the kv heads. Here the small preset (16 heads, 4 kv heads, ffn 3072) splits over 5
+// ranks (heads 3,3,3,3,4; each kv head held by the ranks whose heads read it) and over PP5 x 1.
+TEST(Distributed, FiveRanksSplitAModelFiveDividesNowhere) {
+  test::TestModelSpec small;
+  small.preset = "small";
+  small.dtype = "bf16";
+  small.seed = 4;
+  std::string model = test::test_model(small);
+  Engine e({model, 1, 64});
+  GenerateRequest r;
+  r.prompt = kPrompt;
+  r.max_new_tokens = 8;
+  r.stop_at_eos = false;
+  GenerateResult ref = e.generate(r);
+  for (Split s : {Split{1, 5}, Split{5, 1}}) {
+    SCOPED_TRACE(fmt::format("pp {} tp {}", s.pp, s.tp));
+    ClusterOptions o;
+    o.model_path = model;
+    o.pp = s.pp, o.tp = s.tp;
+    o.context = 64;
+    o.threads_per_rank = 1;
+    Cluster c(o);
+    GenerateResult g = c.generate(r);
+    EXPECT_EQ(g.output_ids, ref.output_ids);
+    if (s.tp == 1) EXPECT_EQ(g.first_logits, ref.first_logits);
+    else EXPECT_LT(test::max_relative_error(g.first_logits, ref.first_logits), 1e-4);
+  }
+}
