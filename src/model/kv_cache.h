@@ -1,5 +1,11 @@
-// Keys and values of past positions, per layer, in f32: [position][kv_head][head_dim].
+// Keys and values of past positions in fixed-size blocks (paged), shared by all sequences of this
+// rank: a sequence holds a list of blocks, grown as it gets longer and returned when it ends, so
+// memory follows the tokens actually cached, not each request's maximum. The pool is sized from a
+// byte budget; a request that cannot get blocks is an error the scheduler sees before it runs.
+//
+// Layout: per layer, block b holds block_size positions x [n_kv_heads][head_dim] f32 for K and V.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -7,21 +13,43 @@ namespace shardlm {
 
 class KvCache {
  public:
-  KvCache(int64_t n_layers, int64_t capacity, int64_t n_kv_heads, int64_t head_dim)
-      : capacity_(capacity), stride_(n_kv_heads * head_dim),
-        k_(size_t(n_layers)), v_(size_t(n_layers)) {
-    for (auto* side : {&k_, &v_})
-      for (auto& layer : *side) layer.resize(size_t(capacity * stride_));
-  }
-  int64_t capacity() const { return capacity_; }
-  int64_t stride() const { return stride_; }  // floats between positions
-  float* k(int64_t layer) { return k_[size_t(layer)].data(); }
-  float* v(int64_t layer) { return v_[size_t(layer)].data(); }
-  int64_t bytes() const { return int64_t(k_.size()) * 2 * capacity_ * stride_ * 4; }
+  KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks);
+
+  // Bytes one block costs on this rank (K and V, every layer it holds).
+  static int64_t block_bytes(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size);
+  static constexpr int64_t kDefaultBlockSize = 16;
+
+  int64_t block_size() const { return block_size_; }
+  int64_t total_blocks() const { return n_blocks_; }
+  int64_t free_blocks() const { return int64_t(free_.size()); }
+  static int64_t blocks_for(int64_t length, int64_t block_size) { return (length + block_size - 1) / block_size; }
+
+  // Makes positions [0, length) of sequence `slot` addressable, taking blocks from the pool.
+  // Throws Error (naming the shortfall) when the pool cannot supply them; nothing changes then.
+  void reserve(int slot, int64_t length);
+  // Returns the sequence's blocks to the pool.
+  void release(int slot);
+  int64_t reserved_length(int slot) const;
+
+  int64_t position_stride() const { return stride_; }  // floats per position: n_kv_heads * head_dim
+  // K or V of one position of a sequence: [n_kv_heads][head_dim].
+  float* k(int64_t layer, int slot, int64_t pos) { return at(k_, layer, slot, pos); }
+  float* v(int64_t layer, int slot, int64_t pos) { return at(v_, layer, slot, pos); }
+  const float* k(int64_t layer, int slot, int64_t pos) const { return const_cast<KvCache*>(this)->k(layer, slot, pos); }
+  const float* v(int64_t layer, int slot, int64_t pos) const { return const_cast<KvCache*>(this)->v(layer, slot, pos); }
+  // The blocks of a sequence, in position order (for attention that walks a block at a time).
+  const std::vector<int32_t>& blocks(int slot) const;
+  // The layer's whole pool: block b starts at b * block_size * position_stride floats.
+  const float* k_pool(int64_t layer) const { return k_[size_t(layer)].data(); }
+  const float* v_pool(int64_t layer) const { return v_[size_t(layer)].data(); }
+  int64_t bytes() const { return int64_t(k_.size()) * 2 * n_blocks_ * block_size_ * stride_ * 4; }
 
  private:
-  int64_t capacity_, stride_;
-  std::vector<std::vector<float>> k_, v_;
+  float* at(std::vector<std::vector<float>>& side, int64_t layer, int slot, int64_t pos);
+  int64_t block_size_, n_blocks_, stride_;
+  std::vector<std::vector<float>> k_, v_;  // [layer] -> n_blocks * block_size * stride
+  std::vector<int32_t> free_;              // free block ids (taken from the back)
+  std::vector<std::vector<int32_t>> tables_;  // [slot] -> blocks
 };
 
 }  // namespace shardlm

@@ -17,8 +17,12 @@ Transformer::Transformer(const ModelWeights& weights, ThreadPool& pool)
       n_kv_heads_(weights.slice.kv_head_end - weights.slice.kv_head_begin),
       ffn_(weights.slice.ffn_end - weights.slice.ffn_begin) {}
 
-KvCache Transformer::make_cache(int64_t capacity) const {
-  return KvCache(int64_t(w_.layers.size()), capacity, n_kv_heads_, config().head_dim);
+KvCache Transformer::make_cache(int64_t blocks) const {
+  return KvCache(int64_t(w_.layers.size()), n_kv_heads_, config().head_dim, KvCache::kDefaultBlockSize, blocks);
+}
+
+int64_t Transformer::cache_block_bytes() const {
+  return KvCache::block_bytes(int64_t(w_.layers.size()), n_kv_heads_, config().head_dim, KvCache::kDefaultBlockSize);
 }
 
 void Transformer::reserve(int64_t n) {
@@ -33,6 +37,8 @@ void Transformer::reserve(int64_t n) {
   up_.resize(gate_.size());
   if (w_.tensor_parallel) partial_.resize(h_.size());
   positions_.resize(size_t(n));
+  slots_.resize(size_t(n));
+  tables_.resize(size_t(n));
   scratch_tokens_ = n;
 }
 
@@ -72,12 +78,13 @@ void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x
   ops::rope(q_.data(), n, n_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
   ops::rope(k_.data(), n, n_kv_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
   for (int64_t t = 0; t < n; ++t) {
-    std::memcpy(cache.k(layer) + positions_[size_t(t)] * kv_dim, k_.data() + t * kv_dim, size_t(kv_dim) * 4);
-    std::memcpy(cache.v(layer) + positions_[size_t(t)] * kv_dim, v_.data() + t * kv_dim, size_t(kv_dim) * 4);
+    std::memcpy(cache.k(layer, slots_[size_t(t)], positions_[size_t(t)]), k_.data() + t * kv_dim, size_t(kv_dim) * 4);
+    std::memcpy(cache.v(layer, slots_[size_t(t)], positions_[size_t(t)]), v_.data() + t * kv_dim, size_t(kv_dim) * 4);
   }
-  const ops::AttentionShape shape{n_heads_, D, cache.stride(), c.num_heads / c.num_kv_heads, w_.slice.head_begin,
-                                  w_.slice.kv_head_begin};
-  ops::attention(pool_, q_.data(), n, positions_.data(), cache.k(layer), cache.v(layer), shape, attn_.data());
+  const ops::AttentionShape shape{n_heads_, D, c.num_heads / c.num_kv_heads, w_.slice.head_begin,
+                                  w_.slice.kv_head_begin, cache.block_size(), cache.position_stride()};
+  ops::attention(pool_, q_.data(), n, positions_.data(), tables_.data(), cache.k_pool(layer), cache.v_pool(layer), shape,
+                 attn_.data());
   project_and_add(L.o, attn_.data(), n, x);
 }
 
@@ -89,29 +96,46 @@ void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   project_and_add(L.down, gate_.data(), n, x);
 }
 
-void Transformer::run_layers(float* x, int64_t n, int64_t start, KvCache& cache) {
-  SHARDLM_CHECK(start >= 0 && start + n <= cache.capacity(),
-                "positions {}..{} do not fit the context of {} tokens", start, start + n - 1, cache.capacity());
+void Transformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+  int64_t n = 0;
+  for (const Segment& s : segments) {
+    SHARDLM_CHECK(s.n_tokens > 0 && s.start >= 0 && s.start + s.n_tokens <= config().max_position_embeddings,
+                  "positions {}..{} are outside the model's {} positions", s.start, s.start + s.n_tokens - 1,
+                  config().max_position_embeddings);
+    cache.reserve(s.slot, s.start + s.n_tokens);
+    n += s.n_tokens;
+  }
   reserve(n);
-  for (int64_t t = 0; t < n; ++t) positions_[size_t(t)] = int32_t(start + t);
+  int64_t t = 0;
+  for (const Segment& s : segments) {
+    for (int64_t i = 0; i < s.n_tokens; ++i, ++t) {
+      positions_[size_t(t)] = int32_t(s.start + i);
+      slots_[size_t(t)] = s.slot;
+      tables_[size_t(t)] = cache.blocks(s.slot).data();
+    }
+  }
   for (size_t i = 0; i < w_.layers.size(); ++i) {
     attention_block(w_.layers[i], int64_t(i), x, n, cache);
     mlp_block(w_.layers[i], x, n);
   }
 }
 
-void Transformer::head(const float* x_last, float* logits) {
+void Transformer::head(const float* x, std::span<const int64_t> rows, float* logits) {
   const ModelConfig& c = config();
-  reserve(1);
-  ops::rmsnorm(x_last, w_.final_norm.data(), h_.data(), 1, c.hidden_size, float(c.rms_norm_eps));
-  matmul(pool_, h_.data(), 1, w_.lm_head, logits);
+  const int64_t H = c.hidden_size, m = int64_t(rows.size());
+  reserve(m);
+  for (int64_t i = 0; i < m; ++i)
+    ops::rmsnorm(x + rows[size_t(i)] * H, w_.final_norm.data(), h_.data() + i * H, 1, H, float(c.rms_norm_eps));
+  matmul(pool_, h_.data(), m, w_.lm_head, logits);
 }
 
 void Transformer::forward(const int32_t* tokens, int64_t n, int64_t start, KvCache& cache, float* logits) {
   std::vector<float> x(size_t(n * config().hidden_size));
   embed(tokens, n, x.data());
-  run_layers(x.data(), n, start, cache);
-  head(x.data() + (n - 1) * config().hidden_size, logits);
+  const Segment seg{0, start, n};
+  run_layers(x.data(), std::span<const Segment>(&seg, 1), cache);
+  const int64_t last = n - 1;
+  head(x.data(), std::span<const int64_t>(&last, 1), logits);
 }
 
 }  // namespace shardlm

@@ -32,7 +32,7 @@ GenerateResult Engine::generate(const GenerateRequest& req,
   std::vector<float> logits(size_t(config().vocab_size));
   StepFunctions fns;
   fns.begin = [&](int64_t capacity, const SamplerOptions& options) {
-    cache = std::make_unique<KvCache>(transformer_->make_cache(capacity));
+    cache = std::make_unique<KvCache>(transformer_->make_cache(KvCache::blocks_for(capacity, KvCache::kDefaultBlockSize)));
     sampler = std::make_unique<Sampler>(options);
   };
   fns.step = [&](const int32_t* ids, int64_t n, int64_t start, std::vector<float>* out) {

@@ -64,7 +64,7 @@ void Rank::broadcast(const StepCommand& c, const int32_t* ids) {
 void Rank::execute(const StepCommand& c, const int32_t* ids) {
   switch (StepKind(c.kind)) {
     case StepKind::Begin:
-      cache_ = std::make_unique<KvCache>(transformer_->make_cache(c.capacity));
+      cache_ = std::make_unique<KvCache>(transformer_->make_cache(KvCache::blocks_for(c.capacity, KvCache::kDefaultBlockSize)));
       if (stage_ == plan_.pp - 1 && tp_rank_ == 0) sampler_ = std::make_unique<Sampler>(SamplerOptions{c.temperature, c.top_p, c.seed});
       return;
     case StepKind::Tokens:
@@ -78,12 +78,14 @@ void Rank::execute(const StepCommand& c, const int32_t* ids) {
   x_.resize(size_t(n * H));
   if (stage_ == 0) transformer_->embed(ids, n, x_.data());
   else timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
-  transformer_->run_layers(x_.data(), n, c.start, *cache_);
+  const Segment seg{0, c.start, n};
+  transformer_->run_layers(x_.data(), std::span<const Segment>(&seg, 1), *cache_);
   if (stage_ < plan_.pp - 1) {
     timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
   } else {
     local_logits_.resize(size_t(transformer_->local_vocab()));
-    transformer_->head(x_.data() + (n - 1) * H, local_logits_.data());
+    const int64_t last = n - 1;
+    transformer_->head(x_.data(), std::span<const int64_t>(&last, 1), local_logits_.data());
     if (tp_rank_ != 0) {
       timed([&] { tp_group_->send(0, local_logits_.data(), local_logits_.size() * 4); });
     } else {

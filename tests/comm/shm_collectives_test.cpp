@@ -7,18 +7,18 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <vector>
 
 #include "comm/shm/shm_group.h"
 #include "core/cpu_features.h"
 #include "core/dtype.h"
 #include "multiprocess.h"
+#include "shm_test_util.h"
 
 namespace shardlm::comm {
 namespace {
 
-using test::all_passed;
+using test::expect_passed;
 using test::run_ranks;
 
 // A value that differs per rank and element, with mixed signs and magnitudes, so the sum's
@@ -44,20 +44,6 @@ void expect_same_on_all_ranks(Group& g, const void* data, size_t bytes) {
   std::vector<uint64_t> all(size_t(g.size()));
   g.all_gather(&mine, sizeof mine, all.data());
   for (int r = 0; r < g.size(); ++r) EXPECT_EQ(all[size_t(r)], mine) << "rank " << r << " holds different bits";
-}
-
-std::vector<std::string> leftover_segments() {
-  std::vector<std::string> found;
-  std::string prefix = "shardlm-" + std::to_string(::getpid()) + "-";
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
-    if (e.path().filename().string().rfind(prefix, 0) == 0) found.push_back(e.path().string());
-  return found;
-}
-
-void expect_passed(const std::vector<test::RankOutcome>& outcomes) {
-  std::string report;
-  EXPECT_TRUE(all_passed(outcomes, &report)) << report;
-  EXPECT_EQ(leftover_segments(), std::vector<std::string>{});
 }
 
 // Sizes around the collective slot (65536 floats) and up to a 512-token prefill of a 7168-wide

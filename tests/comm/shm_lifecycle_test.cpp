@@ -13,28 +13,16 @@
 
 #include "comm/shm/shm_group.h"
 #include "multiprocess.h"
+#include "shm_test_util.h"
 
 namespace shardlm::comm {
 namespace {
 
 using namespace std::chrono_literals;
-using test::all_passed;
+using test::expect_passed;
+using test::leftover_segments;
 using test::run_ranks;
 using Clock = std::chrono::steady_clock;
-
-std::vector<std::string> leftover_segments() {
-  std::vector<std::string> found;
-  std::string prefix = "shardlm-" + std::to_string(::getpid()) + "-";
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
-    if (e.path().filename().string().rfind(prefix, 0) == 0) found.push_back(e.path().string());
-  return found;
-}
-
-void expect_passed(const std::vector<test::RankOutcome>& outcomes) {
-  std::string report;
-  EXPECT_TRUE(all_passed(outcomes, &report)) << report;
-  EXPECT_EQ(leftover_segments(), std::vector<std::string>{});
-}
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 

@@ -3,16 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <filesystem>
 #include <vector>
 
 #include "comm/shm/shm_group.h"
 #include "multiprocess.h"
+#include "shm_test_util.h"
 
 namespace shardlm::comm {
 namespace {
 
-using test::all_passed;
+using test::expect_passed;
 using test::run_ranks;
 
 constexpr size_t kMiB = size_t(1) << 20;
@@ -27,21 +27,6 @@ std::vector<uint8_t> pattern(size_t bytes, int sender, int message) {
     v[i] = uint8_t(x >> 24);
   }
   return v;
-}
-
-// /dev/shm entries made by groups of this test process (names from new_shm_group_name).
-std::vector<std::string> leftover_segments() {
-  std::vector<std::string> found;
-  std::string prefix = "shardlm-" + std::to_string(::getpid()) + "-";
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
-    if (e.path().filename().string().rfind(prefix, 0) == 0) found.push_back(e.path().string());
-  return found;
-}
-
-void expect_passed(const std::vector<test::RankOutcome>& outcomes) {
-  std::string report;
-  EXPECT_TRUE(all_passed(outcomes, &report)) << report;
-  EXPECT_EQ(leftover_segments(), std::vector<std::string>{});
 }
 
 TEST(ShmP2p, ManySizesBothDirections) {

@@ -17,41 +17,12 @@
 #include "comm/tcp/tcp_group.h"
 #include "core/dtype.h"
 #include "multiprocess.h"
+#include "tcp_test_util.h"
 
 namespace shardlm::comm {
 namespace {
 
-// One listening socket per rank on 127.0.0.1, bound to a free port before the ranks fork.
-struct LoopbackCluster {
-  std::vector<int> fds;
-  std::vector<std::string> endpoints;
-  explicit LoopbackCluster(int n) {
-    for (int r = 0; r < n; ++r) {
-      int port = 0;
-      fds.push_back(tcp_listen("127.0.0.1", 0, &port));
-      endpoints.push_back(fmt::format("127.0.0.1:{}", port));
-    }
-  }
-  ~LoopbackCluster() {
-    for (int fd : fds) ::close(fd);
-  }
-  TcpGroupOptions options(int rank, TcpTopology topology) const {
-    TcpGroupOptions o;
-    o.endpoints = endpoints;
-    o.rank = rank;
-    o.topology = topology;
-    o.secret = "test-cluster-secret";
-    o.timeout = std::chrono::seconds(20);
-    o.listen_fd = fds[size_t(rank)];
-    return o;
-  }
-};
-
-#define EXPECT_RANKS_PASS(outcomes)                                 \
-  do {                                                              \
-    std::string report;                                             \
-    EXPECT_TRUE(test::all_passed(outcomes, &report)) << report;     \
-  } while (0)
+using test::LoopbackCluster;
 
 std::vector<uint8_t> pattern(size_t bytes, uint32_t seed) {
   std::vector<uint8_t> v(bytes);
@@ -84,7 +55,7 @@ void expect_same_on_every_rank(Group& g, const void* data, size_t bytes, const s
 class TcpGroupTest : public ::testing::TestWithParam<TcpTopology> {};
 
 INSTANTIATE_TEST_SUITE_P(Topologies, TcpGroupTest, ::testing::Values(TcpTopology::Ring, TcpTopology::Mesh),
-                         [](const auto& info) { return info.param == TcpTopology::Ring ? "Ring" : "Mesh"; });
+                         test::topology_name);
 
 TEST_P(TcpGroupTest, PointToPointOfAnySize) {
   LoopbackCluster cluster(2);

@@ -13,42 +13,14 @@
 #include "comm/tcp/tcp_group.h"
 #include "comm/tcp/wire.h"
 #include "multiprocess.h"
+#include "tcp_test_util.h"
 
 namespace shardlm::comm {
 namespace {
 
 using namespace std::chrono_literals;
 
-struct LoopbackCluster {
-  std::vector<int> fds;
-  std::vector<std::string> endpoints;
-  explicit LoopbackCluster(int n) {
-    for (int r = 0; r < n; ++r) {
-      int port = 0;
-      fds.push_back(tcp_listen("127.0.0.1", 0, &port));
-      endpoints.push_back(fmt::format("127.0.0.1:{}", port));
-    }
-  }
-  ~LoopbackCluster() {
-    for (int fd : fds) ::close(fd);
-  }
-  TcpGroupOptions options(int rank, TcpTopology topology = TcpTopology::Ring) const {
-    TcpGroupOptions o;
-    o.endpoints = endpoints;
-    o.rank = rank;
-    o.topology = topology;
-    o.secret = "the genuine secret";
-    o.timeout = 20s;
-    o.listen_fd = fds[size_t(rank)];
-    return o;
-  }
-};
-
-#define EXPECT_RANKS_PASS(outcomes)                             \
-  do {                                                          \
-    std::string report;                                         \
-    EXPECT_TRUE(test::all_passed(outcomes, &report)) << report; \
-  } while (0)
+using test::LoopbackCluster;
 
 // Blocking socket to 127.0.0.1:port.
 int dial(const std::string& endpoint) {
@@ -275,9 +247,23 @@ TEST(TcpFraming, BadFramesAreErrorsNamingThePeer) {
   }
 }
 
+// Processes 0 and 1 of a stranger test, the genuine ranks: rank 1 starts only once the stranger
+// (process 2) has written to `go_fd`; then the pair must form its group and sum correctly.
+void play_genuine_rank(const LoopbackCluster& cluster, int process, TcpTopology topology, int go_fd) {
+  if (process == 1) {
+    char c;
+    ASSERT_EQ(::read(go_fd, &c, 1), 1);
+  }
+  auto g = make_tcp_group(cluster.options(process, topology));
+  std::vector<float> v(1000, float(process + 1));
+  g->all_reduce_sum(v.data(), v.size());
+  EXPECT_EQ(v[999], 3.0f);
+  g->barrier();
+}
+
 class TcpStrangerTest : public ::testing::TestWithParam<TcpTopology> {};
 INSTANTIATE_TEST_SUITE_P(Topologies, TcpStrangerTest, ::testing::Values(TcpTopology::Ring, TcpTopology::Mesh),
-                         [](const auto& info) { return info.param == TcpTopology::Ring ? "Ring" : "Mesh"; });
+                         test::topology_name);
 
 TEST_P(TcpStrangerTest, WrongSecretIsRefusedAndTheGenuineRankJoinsAfter) {
   // Process 2 claims to be rank 1 with the wrong secret while rank 0 is forming; the genuine
@@ -300,14 +286,7 @@ TEST_P(TcpStrangerTest, WrongSecretIsRefusedAndTheGenuineRankJoinsAfter) {
       ASSERT_EQ(::write(go[1], "g", 1), 1);
       return;
     }
-    if (process == 1) {
-      char c;
-      ASSERT_EQ(::read(go[0], &c, 1), 1);
-    }
-    auto g = make_tcp_group(cluster.options(process, GetParam()));
-    std::vector<float> v(1000, float(process + 1));
-    g->all_reduce_sum(v.data(), v.size());
-    EXPECT_EQ(v[999], 3.0f);
+    play_genuine_rank(cluster, process, GetParam(), go[0]);
   });
   ::close(go[0]);
   ::close(go[1]);
@@ -365,15 +344,7 @@ TEST_P(TcpStrangerTest, StrangersOnThePortDoNotBreakTheGroup) {
       ::close(idle);
       return;
     }
-    if (process == 1) {
-      char c;
-      ASSERT_EQ(::read(go[0], &c, 1), 1);
-    }
-    auto g = make_tcp_group(cluster.options(process, GetParam()));
-    std::vector<float> v(1000, float(process + 1));
-    g->all_reduce_sum(v.data(), v.size());
-    EXPECT_EQ(v[999], 3.0f);
-    g->barrier();
+    play_genuine_rank(cluster, process, GetParam(), go[0]);
   });
   ::close(go[0]);
   ::close(go[1]);

@@ -13,6 +13,7 @@
 
 #include "comm/tcp/tcp_group.h"
 #include "multiprocess.h"
+#include "tcp_test_util.h"
 
 namespace shardlm::comm {
 namespace {
@@ -20,36 +21,11 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-struct LoopbackCluster {
-  std::vector<int> fds;
-  std::vector<std::string> endpoints;
-  explicit LoopbackCluster(int n) {
-    for (int r = 0; r < n; ++r) {
-      int port = 0;
-      fds.push_back(tcp_listen("127.0.0.1", 0, &port));
-      endpoints.push_back(fmt::format("127.0.0.1:{}", port));
-    }
-  }
-  ~LoopbackCluster() {
-    for (int fd : fds) ::close(fd);
-  }
-  TcpGroupOptions options(int rank, TcpTopology topology) const {
-    TcpGroupOptions o;
-    o.endpoints = endpoints;
-    o.rank = rank;
-    o.topology = topology;
-    o.secret = "lifecycle";
-    o.timeout = 10s;
-    o.listen_fd = fds[size_t(rank)];
-    return o;
-  }
-};
+using test::LoopbackCluster;
 
-#define EXPECT_RANKS_PASS(outcomes)                             \
-  do {                                                          \
-    std::string report;                                         \
-    EXPECT_TRUE(test::all_passed(outcomes, &report)) << report; \
-  } while (0)
+// Far above the 2 s detection bound below (a timeout cannot pass for detection), and short of the
+// 30 s that run_ranks gives the killed-rank test.
+constexpr std::chrono::milliseconds kGroupTimeout = 10s;
 
 int count_entries(const char* dir) {
   DIR* d = ::opendir(dir);
@@ -65,14 +41,14 @@ int64_t now_ns() { return std::chrono::duration_cast<std::chrono::nanoseconds>(C
 
 class TcpLifecycleTest : public ::testing::TestWithParam<TcpTopology> {};
 INSTANTIATE_TEST_SUITE_P(Topologies, TcpLifecycleTest, ::testing::Values(TcpTopology::Ring, TcpTopology::Mesh),
-                         [](const auto& info) { return info.param == TcpTopology::Ring ? "Ring" : "Mesh"; });
+                         test::topology_name);
 
 TEST_P(TcpLifecycleTest, KilledRankIsNamedByEveryRankWithinTwoSeconds) {
   // Rank 2 of 4 is SIGKILLed from a thread while all ranks loop over all-reduces of 16 KB and
   // 1 MB. In the ring, rank 0 has no connection to rank 2 and must learn it from its neighbours.
   // The group timeout is 10 s, so only failure detection (not a timeout) can pass the 2 s bound.
   const int n = 4, victim = 2;
-  LoopbackCluster cluster(n);
+  LoopbackCluster cluster(n, kGroupTimeout);
   auto* killed_at = static_cast<std::atomic<int64_t>*>(
       ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   ASSERT_NE(killed_at, MAP_FAILED);
@@ -116,7 +92,7 @@ TEST_P(TcpLifecycleTest, RankThatLeavesNormallyBreaksNothing) {
   // Rank 2 sends rank 0 one message and destroys its group at once. Ranks 0 and 1 go on talking
   // (their waits see rank 2's connections close, with a goodbye), then rank 0 still receives the
   // message rank 2 left behind; only asking rank 2 for more is an error.
-  LoopbackCluster cluster(3);
+  LoopbackCluster cluster(3, kGroupTimeout);
   auto outcomes = test::run_ranks(3, [&](int rank) {
     auto g = make_tcp_group(cluster.options(rank, GetParam()));
     if (rank == 2) {
@@ -150,7 +126,7 @@ TEST(TcpLifecycle, CreateAndDestroyLeavesNoFdOrThread) {
   // 200 groups of 2 ranks on the same listening sockets (alternating topologies, so that one rank
   // often forms the next group while the other still tears down the last), then 40 groups of 4
   // ring ranks with traffic between non-neighbours, then 40 groups that bind their own port.
-  LoopbackCluster pair(2), quad(4);
+  LoopbackCluster pair(2, kGroupTimeout), quad(4, kGroupTimeout);
   std::vector<std::string> own_endpoints;
   for (int r = 0; r < 2; ++r) {
     int port;

@@ -15,6 +15,7 @@
 
 #include "comm/tcp/tcp_group.h"
 #include "multiprocess.h"
+#include "tcp_test_util.h"
 
 namespace shardlm::comm {
 namespace {
@@ -179,8 +180,7 @@ TEST(TcpNetns, RanksInSeparateNamespacesFormGroupsAndRefuseAWrongSecret) {
     }, 40);
     ::close(go[0]);
     ::close(go[1]);
-    std::string report;
-    EXPECT_TRUE(test::all_passed(outcomes, &report)) << report;
+    EXPECT_RANKS_PASS(outcomes);
   }
   EXPECT_TRUE(namespaces_named(prefix).empty()) << "network namespaces left behind";
 }

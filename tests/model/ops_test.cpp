@@ -92,28 +92,38 @@ TEST(Ops, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {
   for (size_t i = 0; i < 32; ++i) EXPECT_LE(scaled[i], plain[i] * 1.0000001f);
 }
 
-TEST(Ops, AttentionMatchesNaiveCausalSoftmax) {
-  const int64_t T = 5, H = 4, KV = 2, D = 8, stride = KV * D;
-  auto q = randn(size_t(T * H * D), 8), k = randn(size_t(T * stride), 9), v = randn(size_t(T * stride), 10);
-  std::vector<int32_t> pos = {0, 1, 2, 3, 4};
+TEST(Ops, AttentionOverPagedCacheMatchesNaiveCausalSoftmax) {
+  // Two sequences in one batch, their positions scattered over blocks of 2 in a pool of 8.
+  const int64_t H = 4, KV = 2, D = 8, stride = KV * D, block = 2, n_blocks = 8;
+  auto pool_k = randn(size_t(n_blocks * block * stride), 9), pool_v = randn(size_t(n_blocks * block * stride), 10);
+  const std::vector<int32_t> table_a = {5, 1, 6}, table_b = {0, 7};  // sequence a: 5 positions, b: 3
+  // The batch: a's positions 2..4 (a prefill chunk after a cached prefix) and b's position 2.
+  std::vector<int32_t> pos = {2, 3, 4, 2};
+  std::vector<const int32_t*> tables = {table_a.data(), table_a.data(), table_a.data(), table_b.data()};
+  const int64_t T = int64_t(pos.size());
+  auto q = randn(size_t(T * H * D), 8);
   std::vector<float> out(q.size());
   ThreadPool pool(2);
-  ops::attention(pool, q.data(), T, pos.data(), k.data(), v.data(), {H, D, stride, H / KV, 0, 0}, out.data());
+  ops::attention(pool, q.data(), T, pos.data(), tables.data(), pool_k.data(), pool_v.data(),
+                 {H, D, H / KV, 0, 0, block, stride}, out.data());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
       const int64_t g = h / (H / KV);
-      std::vector<double> s(size_t(t + 1));
+      auto at = [&](const std::vector<float>& p, int64_t position) {
+        return p.data() + (tables[size_t(t)][position / block] * block + position % block) * stride + g * D;
+      };
+      std::vector<double> s(size_t(pos[size_t(t)]) + 1);
       double mx = -1e30, sum = 0;
-      for (int64_t p = 0; p <= t; ++p) {
+      for (int64_t p = 0; p <= pos[size_t(t)]; ++p) {
         double d = 0;
-        for (int64_t i = 0; i < D; ++i) d += double(q[size_t((t * H + h) * D + i)]) * k[size_t(p * stride + g * D + i)];
+        for (int64_t i = 0; i < D; ++i) d += double(q[size_t((t * H + h) * D + i)]) * at(pool_k, p)[i];
         s[size_t(p)] = d / std::sqrt(double(D));
         mx = std::max(mx, s[size_t(p)]);
       }
       for (auto& x : s) sum += (x = std::exp(x - mx));
       for (int64_t i = 0; i < D; ++i) {
         double o = 0;
-        for (int64_t p = 0; p <= t; ++p) o += s[size_t(p)] / sum * v[size_t(p * stride + g * D + i)];
+        for (int64_t p = 0; p <= pos[size_t(t)]; ++p) o += s[size_t(p)] / sum * at(pool_v, p)[i];
         EXPECT_NEAR(out[size_t((t * H + h) * D + i)], o, 1e-5);
       }
     }

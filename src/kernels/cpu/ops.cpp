@@ -48,22 +48,28 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 }
 
 void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t* positions,
-               const float* k_cache, const float* v_cache, const AttentionShape& s, float* out) {
+               const int32_t* const* tables, const float* k_pool, const float* v_pool, const AttentionShape& s,
+               float* out) {
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   int32_t max_pos = 0;
   for (int64_t t = 0; t < n_tokens; ++t) max_pos = std::max(max_pos, positions[t]);
+  const int64_t block_floats = s.block_size * s.position_stride;
   pool.run([&](int tid, int nth) {
     std::vector<float> scores(size_t(max_pos) + 1);
     // Work items are (token, head) pairs, dealt round-robin so causal rows of different lengths
     // spread evenly over the threads.
     for (int64_t item = tid; item < n_tokens * s.n_heads; item += nth) {
-      int64_t t = item / s.n_heads, h = item % s.n_heads;
+      const int64_t t = item / s.n_heads, h = item % s.n_heads;
       const float* qv = q + item * s.head_dim;
       const int64_t kv_offset = ((s.head_offset + h) / s.group - s.kv_head_offset) * s.head_dim;
+      const int32_t* table = tables[t];
       const int64_t len = int64_t(positions[t]) + 1;
+      auto row = [&](const float* pool_base, int64_t p) {
+        return pool_base + table[p / s.block_size] * block_floats + (p % s.block_size) * s.position_stride + kv_offset;
+      };
       float max_score = -INFINITY;
       for (int64_t p = 0; p < len; ++p) {
-        float sc = vec::dot(qv, k_cache + p * s.cache_stride + kv_offset, s.head_dim) * scale;
+        float sc = vec::dot(qv, row(k_pool, p), s.head_dim) * scale;
         scores[size_t(p)] = sc;
         max_score = std::max(max_score, sc);
       }
@@ -72,7 +78,7 @@ void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t
       float* o = out + item * s.head_dim;
       std::fill(o, o + s.head_dim, 0.0f);
       const float inv = 1.0f / sum;
-      for (int64_t p = 0; p < len; ++p) vec::axpy(scores[size_t(p)] * inv, v_cache + p * s.cache_stride + kv_offset, o, s.head_dim);
+      for (int64_t p = 0; p < len; ++p) vec::axpy(scores[size_t(p)] * inv, row(v_pool, p), o, s.head_dim);
     }
   });
 }
