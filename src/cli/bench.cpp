@@ -111,7 +111,7 @@ void run_bench(BenchFlags& f) {
     load_s = engine.load_s();
     std::tie(prefill_s, decode_s) =
         timed_runs(f, cfg.vocab_size, [&](const GenerateRequest& r) { return engine.generate(r); });
-    layout = fmt::format("1 rank, {} threads", engine.pool().size());
+    layout = fmt::format("1 rank, {} threads", engine.threads());
   }
 
   const double P = double(f.prompt_tokens);

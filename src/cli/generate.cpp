@@ -79,7 +79,7 @@ void run_generate(GenerateFlags& f) {
     Engine engine(f.engine);
     r = engine.generate(f.request, stream);
     load_s = engine.load_s();
-    threads = engine.pool().size();
+    threads = engine.threads();
   }
   if (!f.json) {
     std::fputc('\n', stdout);

@@ -19,7 +19,7 @@
 #include <fstream>
 #include "core/log.h"
 #include "core/process_stats.h"
-#include "runtime/generation.h"
+#include "comm/self_group.h"
 
 namespace shardlm {
 
@@ -86,6 +86,8 @@ void Cluster::start(const ClusterOptions& o) {
     make_plan(files->config(), ro.plan);  // refuse an impossible split before starting any process
   }
   ro.max_context = context_;
+  ro.max_sequences = o.max_batch;
+  ro.kv_memory = o.kv_memory;
 
   if (o.backend == "mpi") {
     comm::GroupSpec spec;
@@ -101,6 +103,9 @@ void Cluster::start(const ClusterOptions& o) {
       rank.serve();
       return;
     }
+  } else if (world == 1) {
+    ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : default_threads_per_rank(1);
+    world_ = std::make_unique<comm::SelfGroup>();
   } else if (!o.hosts_file.empty()) {
     SHARDLM_CHECK(o.backend == "tcp", "--hosts runs ranks on other machines over tcp; add --backend tcp");
     ro.threads = o.threads_per_rank > 0 ? o.threads_per_rank : default_threads_per_rank(1);
@@ -111,9 +116,17 @@ void Cluster::start(const ClusterOptions& o) {
   }
   rank0_ = std::make_unique<Rank>(ro, *world_);  // returns when every rank has loaded
   tokenizer_ = o.tokenizer ? o.tokenizer : std::make_shared<const Tokenizer>(rank0_->files().tokenizer());
-  load_s_ = clock.seconds();  // as Engine's: until the first request can run
-  for (const auto& line : describe_plan(rank0_->plan())) log_info("{}", line);
-  log_info("{} ranks over {} ready in {:.2f} s", world, backend_name_, load_s_);
+  scheduler_ = std::make_unique<Scheduler>(*rank0_, *tokenizer_,
+                                           SchedulerOptions{o.max_batch, o.prefill_chunk, context_, o.pp});
+  load_s_ = clock.seconds();  // until the first request can run
+  if (world > 1) {
+    for (const auto& line : describe_plan(rank0_->plan())) log_info("{}", line);
+    log_info("{} ranks over {} ready in {:.2f} s", world, backend_name_, load_s_);
+  } else {
+    log_info("loaded {}: {} layers, hidden {}, {:.2f} GB of weights in {:.2f} s ({} threads, context {})",
+             rank0_->files().description(), config().num_layers, config().hidden_size, rank0_->weights().bytes / 1e9,
+             load_s_, rank0_->threads(), context_);
+  }
 }
 
 void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
@@ -197,14 +210,18 @@ void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
 
 GenerateResult Cluster::generate(const GenerateRequest& request,
                                  const std::function<void(int32_t, const std::string&)>& on_token) {
-  SHARDLM_CHECK(driver_, "internal: generate on a serving rank");
-  StepFunctions fns;
-  fns.begin = [&](int64_t capacity, const SamplerOptions& s) { rank0_->begin(capacity, s); };
-  fns.step = [&](const int32_t* ids, int64_t n, int64_t start, std::vector<float>* logits) {
-    return rank0_->step(ids, n, start, logits);
-  };
+  std::vector<GenerateResult> r =
+      run({request}, on_token ? TokenCallback([&](size_t, int32_t id, const std::string& bytes) { on_token(id, bytes); })
+                              : TokenCallback());
+  if (!r[0].error.empty()) throw Error(r[0].error);
+  return std::move(r[0]);
+}
+
+std::vector<GenerateResult> Cluster::run(const std::vector<GenerateRequest>& requests, const TokenCallback& on_token) {
+  SHARDLM_CHECK(driver_, "internal: run on a serving rank");
+  SHARDLM_CHECK(healthy_, "the ranks of this run failed earlier; start a new one");
   try {
-    return run_generation(request, *tokenizer_, config(), context_, fns, on_token);
+    return scheduler_->run(requests, on_token);
   } catch (const comm::CommError&) {
     healthy_ = false;  // the ranks are out of step: don't talk to them again
     throw;

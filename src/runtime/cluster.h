@@ -14,8 +14,9 @@
 
 #include "comm/group.h"
 #include "runtime/control_link.h"
-#include "runtime/engine.h"
 #include "runtime/rank.h"
+#include "runtime/request.h"
+#include "runtime/scheduler.h"
 
 namespace shardlm {
 
@@ -26,7 +27,10 @@ struct ClusterOptions {
   std::string backend = "shm";    // shm, tcp, mpi
   std::string topology = "ring";  // tcp
   int threads_per_rank = 0;       // 0: this host's cores / ranks (at least 1)
-  int64_t context = 0;            // 0: min(max_position_embeddings, 4096)
+  int64_t context = 0;            // positions per sequence; 0: min(max_position_embeddings, 4096)
+  int max_batch = 1;              // sequences decoding together
+  int64_t prefill_chunk = 256;    // prompt tokens per step (0: whole prompts)
+  int64_t kv_memory = 0;          // KV cache bytes per rank; 0: max_batch x context positions
   std::chrono::milliseconds timeout = comm::kDefaultTimeout;
   std::string hosts_file;         // tcp over `shardlm worker`s: JSON list of "host:port", rank order
   std::string secret;             // cluster secret for tcp (generated for local runs when empty)
@@ -47,10 +51,14 @@ class Cluster {
 
   GenerateResult generate(const GenerateRequest& request,
                           const std::function<void(int32_t, const std::string&)>& on_token = {});
+  // Many requests at once: they share steps up to max_batch at a time (continuous batching).
+  std::vector<GenerateResult> run(const std::vector<GenerateRequest>& requests, const TokenCallback& on_token = {});
+  const SchedulerStats& last_run() const { return scheduler_->stats(); }
   // Per-rank load_s, peak RSS, comm share... (rank order).
   nlohmann::json rank_reports();
 
   const Plan& plan() const { return rank0_->plan(); }
+  const Rank& rank0() const { return *rank0_; }
   const ModelConfig& config() const { return rank0_->config(); }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   int64_t context() const { return context_; }
@@ -68,6 +76,7 @@ class Cluster {
   std::vector<ControlLink> workers_;  // control links to remote ranks, kept for the whole run
   std::unique_ptr<comm::Group> world_;
   std::unique_ptr<Rank> rank0_;
+  std::unique_ptr<Scheduler> scheduler_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   int listen_fd_ = -1;  // rank 0's tcp listening socket: the group borrows it, we close it
   int64_t context_ = 0;

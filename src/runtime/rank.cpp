@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "core/log.h"
 #include "core/process_stats.h"
 
@@ -21,7 +23,6 @@ ModelSlice slice_of(const Plan& p, int rank) {
   m.vocab_begin = s.vocab_begin, m.vocab_end = s.vocab_end;
   return m;
 }
-
 }  // namespace
 
 template <class F>
@@ -33,12 +34,15 @@ void Rank::timed(F&& f) {
 
 Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world), pool_(std::max(1, o.threads)) {
   Stopwatch clock;
+  SHARDLM_CHECK(o.max_sequences >= 1 && o.max_sequences <= 4096, "--max-batch must be in 1..4096 (got {})", o.max_sequences);
   files_ = open_model_files(o.model_path);
   plan_ = make_plan(files_->config(), o.plan);
   SHARDLM_CHECK(plan_.world_size() == world.size(), "the plan needs {} ranks (--pp {} x --tp {}) but {} were started",
                 plan_.world_size(), plan_.pp, plan_.tp, world.size());
   stage_ = plan_.stage_of(world.rank());
   tp_rank_ = plan_.tp_rank_of(world.rank());
+  sampler_rank_ = plan_.rank_of(plan_.pp - 1, 0);
+  limits_ = {o.max_sequences, o.max_context, int64_t(o.max_sequences) * o.max_context};
   // Every rank takes part in every split, in the same order (the Group contract).
   tp_group_ = world.split(stage_, tp_rank_);
   weights_ = load_weights(*files_, slice_of(plan_, world.rank()));
@@ -48,94 +52,153 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
   }
+  // KV cache from the byte budget; every rank must hold as many blocks as rank 0 will hand out,
+  // so the run uses the smallest count of any rank (stages hold different numbers of layers).
+  const int64_t block_bytes = transformer_->cache_block_bytes();
+  const int64_t block = KvCache::kDefaultBlockSize;
+  int64_t blocks = o.kv_memory > 0 ? o.kv_memory / block_bytes
+                                   : int64_t(o.max_sequences) * KvCache::blocks_for(o.max_context, block);
+  SHARDLM_CHECK(blocks >= 1, "--kv-memory {} bytes holds no KV block on rank {} (one block: {} bytes)", o.kv_memory,
+                world.rank(), block_bytes);
+  std::vector<int64_t> all(size_t(world.size()));
+  world.all_gather(&blocks, sizeof blocks, all.data());  // also: every rank has loaded
+  kv_blocks_ = *std::min_element(all.begin(), all.end());
+  cache_ = std::make_unique<KvCache>(transformer_->make_cache(kv_blocks_));
+  if (world.rank() == sampler_rank_) samplers_.assign(size_t(o.max_sequences), Sampler(SamplerOptions{}));
   load_s_ = clock.seconds();
-  log_debug("rank {}: loaded in {:.2f} s", world.rank(), load_s_);
-  // Every rank is ready once this returns (rank 0 then knows the slowest rank's load time).
-  world.barrier();
+  log_debug("rank {}: loaded in {:.2f} s, KV cache {} blocks ({:.1f} MB)", world.rank(), load_s_, kv_blocks_,
+            cache_->bytes() / 1e6);
 }
 
-void Rank::broadcast(const StepCommand& c, const int32_t* ids) {
+void Rank::broadcast(const StepCommand& c, std::span<const WireSegment> segments, const int32_t* ids) {
   for (int r = 1; r < world_.size(); ++r) {
     world_.send(r, &c, sizeof c);
-    if (StepKind(c.kind) == StepKind::Tokens && plan_.stage_of(r) == 0) world_.send(r, ids, size_t(c.n_tokens) * 4);
+    if (StepKind(c.kind) != StepKind::Tokens) continue;
+    world_.send(r, segments.data(), segments.size_bytes());
+    if (plan_.stage_of(r) == 0) world_.send(r, ids, size_t(c.n_tokens) * 4);
   }
 }
 
-void Rank::execute(const StepCommand& c, const int32_t* ids) {
-  switch (StepKind(c.kind)) {
-    case StepKind::Begin:
-      cache_ = std::make_unique<KvCache>(transformer_->make_cache(KvCache::blocks_for(c.capacity, KvCache::kDefaultBlockSize)));
-      if (stage_ == plan_.pp - 1 && tp_rank_ == 0) sampler_ = std::make_unique<Sampler>(SamplerOptions{c.temperature, c.top_p, c.seed});
-      return;
-    case StepKind::Tokens:
-      break;
-    default:
-      return;
-  }
-  if (!cache_) fail("rank {}: tokens before any request began", world_.rank());
+void Rank::begin(const StepCommand& c) {
+  cache_->release(c.slot);
+  if (world_.rank() == sampler_rank_) samplers_[size_t(c.slot)] = Sampler(SamplerOptions{c.temperature, c.top_p, c.seed});
+}
+
+void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, bool want_logits) {
   Stopwatch clock;
-  const int64_t H = config().hidden_size, n = c.n_tokens;
+  const int64_t H = config().hidden_size, V = config().vocab_size;
+  segments_.clear();
+  rows_.clear();
+  int64_t n = 0;
+  for (const WireSegment& s : segments) {
+    segments_.push_back({s.slot, s.start, s.n_tokens});
+    n += s.n_tokens;
+    if (s.sample) rows_.push_back(n - 1);
+  }
   x_.resize(size_t(n * H));
   if (stage_ == 0) transformer_->embed(ids, n, x_.data());
   else timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
-  const Segment seg{0, c.start, n};
-  transformer_->run_layers(x_.data(), std::span<const Segment>(&seg, 1), *cache_);
+  transformer_->run_layers(x_.data(), segments_, *cache_);
   if (stage_ < plan_.pp - 1) {
     timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
-  } else {
-    local_logits_.resize(size_t(transformer_->local_vocab()));
-    const int64_t last = n - 1;
-    transformer_->head(x_.data(), std::span<const int64_t>(&last, 1), local_logits_.data());
+  } else if (!rows_.empty()) {
+    const int64_t m = int64_t(rows_.size()), local = transformer_->local_vocab();
+    local_logits_.resize(size_t(m * local));
+    transformer_->head(x_.data(), rows_, local_logits_.data());
     if (tp_rank_ != 0) {
       timed([&] { tp_group_->send(0, local_logits_.data(), local_logits_.size() * 4); });
     } else {
-      logits_.resize(size_t(config().vocab_size));
-      std::copy(local_logits_.begin(), local_logits_.end(), logits_.begin());
-      for (int t = 1; t < plan_.tp; ++t) {
-        const TpSlice& s = plan_.slices[size_t(t)];
-        timed([&] { tp_group_->recv(t, logits_.data() + s.vocab_begin, size_t(s.vocab_end - s.vocab_begin) * 4); });
+      // Full rows of logits: this rank's vocabulary slice, then every other TP rank's.
+      logits_.resize(size_t(m * V));
+      for (int t = 0; t < plan_.tp; ++t) {
+        const TpSlice& sl = plan_.slices[size_t(t)];
+        const int64_t w = sl.vocab_end - sl.vocab_begin;
+        const float* src = local_logits_.data();
+        if (t > 0) {
+          gathered_.resize(size_t(m * w));
+          timed([&] { tp_group_->recv(t, gathered_.data(), gathered_.size() * 4); });
+          src = gathered_.data();
+        }
+        for (int64_t i = 0; i < m; ++i) std::copy(src + i * w, src + (i + 1) * w, logits_.data() + i * V + sl.vocab_begin);
       }
-      last_token_ = sampler_->sample(logits_.data(), config().vocab_size);
-      if (world_.rank() != 0) {
+      StepResult result;
+      size_t row = 0;
+      for (const WireSegment& s : segments)
+        if (s.sample) {
+          result.tokens.push_back(samplers_[size_t(s.slot)].sample(logits_.data() + int64_t(row) * V, V));
+          ++row;
+        }
+      if (want_logits) result.logits = logits_;
+      if (world_.rank() == 0) {
+        local_results_.push_back(std::move(result));
+      } else {
         timed([&] {
-          world_.send(0, &last_token_, 4);
-          if (c.want_logits) world_.send(0, logits_.data(), logits_.size() * 4);
+          world_.send(0, result.tokens.data(), result.tokens.size() * 4);
+          if (want_logits) world_.send(0, result.logits.data(), result.logits.size() * 4);
         });
       }
     }
   }
-  step_s_ += clock.seconds();
+  const double s = clock.seconds();
+  step_s_ += s;
+  longest_step_s_ = std::max(longest_step_s_, s);
+  tokens_ += n;
   ++steps_;
 }
 
-void Rank::begin(int64_t capacity, const SamplerOptions& s) {
+void Rank::begin_sequence(int slot, const SamplerOptions& s) {
   StepCommand c;
   c.kind = uint32_t(StepKind::Begin);
-  c.capacity = capacity;
+  c.slot = slot;
   c.temperature = s.temperature, c.top_p = s.top_p, c.seed = s.seed;
-  check_step_command(c, 0, capacity, options_.max_context);
-  broadcast(c, nullptr);
-  execute(c, nullptr);
+  check_step_command(c, 0, limits_);
+  broadcast(c, {}, nullptr);
+  begin(c);
 }
 
-int32_t Rank::step(const int32_t* ids, int64_t n, int64_t start, std::vector<float>* logits) {
+void Rank::end_sequence(int slot) {
+  StepCommand c;
+  c.kind = uint32_t(StepKind::End);
+  c.slot = slot;
+  check_step_command(c, 0, limits_);
+  broadcast(c, {}, nullptr);
+  cache_->release(slot);
+}
+
+void Rank::issue(std::span<const WireSegment> segments, const int32_t* ids, bool want_logits) {
   StepCommand c;
   c.kind = uint32_t(StepKind::Tokens);
-  c.n_tokens = n, c.start = start;
-  c.want_logits = logits != nullptr;
-  broadcast(c, ids);
-  execute(c, ids);
-  const int sampler_rank = plan_.rank_of(plan_.pp - 1, 0);
-  if (sampler_rank != 0) {
-    world_.recv(sampler_rank, &last_token_, 4);
-    if (logits) {
-      logits->resize(size_t(config().vocab_size));
-      world_.recv(sampler_rank, logits->data(), logits->size() * 4);
-    }
-  } else if (logits) {
-    *logits = logits_;
+  c.n_segments = uint32_t(segments.size());
+  c.want_logits = want_logits;
+  int samples = 0;
+  for (const WireSegment& s : segments) {
+    check_segment(s, 0, limits_);
+    c.n_tokens += s.n_tokens;
+    samples += s.sample;
   }
-  return last_token_;
+  check_step_command(c, 0, limits_);
+  broadcast(c, segments, ids);
+  run_step(segments, ids, want_logits);
+  if (samples > 0) expected_.push_back({samples, want_logits});
+}
+
+Rank::StepResult Rank::collect() {
+  SHARDLM_CHECK(!expected_.empty(), "internal: collect() with no step in flight");
+  auto [count, with_logits] = expected_.front();
+  expected_.pop_front();
+  if (sampler_rank_ == 0) {
+    StepResult r = std::move(local_results_.front());
+    local_results_.pop_front();
+    return r;
+  }
+  StepResult r;
+  r.tokens.resize(size_t(count));
+  world_.recv(sampler_rank_, r.tokens.data(), r.tokens.size() * 4);
+  if (with_logits) {
+    r.logits.resize(size_t(count) * size_t(config().vocab_size));
+    world_.recv(sampler_rank_, r.logits.data(), r.logits.size() * 4);
+  }
+  return r;
 }
 
 nlohmann::json Rank::report() const {
@@ -153,9 +216,12 @@ nlohmann::json Rank::report() const {
           {"load_s", load_s_},
           {"peak_rss_bytes", peak_rss_bytes()},
           {"weight_bytes", weights_.bytes},
+          {"kv_cache_bytes", cache_->bytes()},
           {"threads", pool_.size()},
           {"steps", steps_},
+          {"tokens", tokens_},
           {"step_s", step_s_},
+          {"longest_step_s", longest_step_s_},
           {"comm_s", comm_s_},
           {"comm_share", step_s_ > 0 ? comm_s_ / step_s_ : 0.0},
           {"bytes_sent", w.bytes_sent + t.bytes_sent},
@@ -165,7 +231,7 @@ nlohmann::json Rank::report() const {
 nlohmann::json Rank::collect_reports() {
   StepCommand c;
   c.kind = uint32_t(StepKind::Report);
-  broadcast(c, nullptr);
+  broadcast(c, {}, nullptr);
   nlohmann::json all = nlohmann::json::array();
   all.push_back(report());
   for (int r = 1; r < world_.size(); ++r) {
@@ -186,28 +252,39 @@ nlohmann::json Rank::collect_reports() {
 void Rank::shutdown() {
   StepCommand c;
   c.kind = uint32_t(StepKind::Shutdown);
-  broadcast(c, nullptr);
+  broadcast(c, {}, nullptr);
 }
 
 void Rank::serve() {
+  std::vector<WireSegment> segments;
   std::vector<int32_t> ids;
-  int64_t capacity = 0;
   for (;;) {
     StepCommand c;
     world_.recv(0, &c, sizeof c);
-    check_step_command(c, 0, capacity, options_.max_context);
+    check_step_command(c, 0, limits_);
     switch (StepKind(c.kind)) {
       case StepKind::Begin:
-        capacity = c.capacity;
-        execute(c, nullptr);
+        begin(c);
         break;
-      case StepKind::Tokens:
+      case StepKind::End:
+        cache_->release(c.slot);
+        break;
+      case StepKind::Tokens: {
+        segments.resize(c.n_segments);
+        world_.recv(0, segments.data(), segments.size() * sizeof(WireSegment));
+        int64_t total = 0;
+        for (const WireSegment& s : segments) {
+          check_segment(s, 0, limits_);
+          total += s.n_tokens;
+        }
+        if (total != c.n_tokens) fail("malformed step message from rank 0: segments hold {} tokens, header says {}", total, c.n_tokens);
         if (stage_ == 0) {
           ids.resize(size_t(c.n_tokens));
           world_.recv(0, ids.data(), ids.size() * 4);
         }
-        execute(c, ids.data());
+        run_step(segments, ids.data(), c.want_logits);
         break;
+      }
       case StepKind::Report: {
         std::string text = report().dump();
         uint64_t len = text.size();

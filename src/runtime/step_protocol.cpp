@@ -2,27 +2,38 @@
 
 namespace shardlm {
 
-void check_step_command(const StepCommand& c, int from, int64_t capacity, int64_t max_context) {
+void check_step_command(const StepCommand& c, int from, const StepLimits& l) {
   if (c.magic != kStepMagic) fail("malformed step message from rank {} (bad magic {:#x})", from, c.magic);
   if (c.version != kStepProtocolVersion)
     fail("rank {} speaks step protocol version {}, this rank version {}", from, c.version, kStepProtocolVersion);
   switch (StepKind(c.kind)) {
     case StepKind::Begin:
-      if (c.capacity <= 0 || c.capacity > max_context)
-        fail("malformed step message from rank {}: cache of {} positions (limit {})", from, c.capacity, max_context);
       if (!(c.temperature >= 0) || !(c.top_p > 0 && c.top_p <= 1))
         fail("malformed step message from rank {}: sampler temperature {} top-p {}", from, c.temperature, c.top_p);
+      [[fallthrough]];
+    case StepKind::End:
+      if (c.slot < 0 || c.slot >= l.max_slots)
+        fail("malformed step message from rank {}: slot {} (this run has {})", from, c.slot, l.max_slots);
       return;
     case StepKind::Tokens:
-      if (c.n_tokens <= 0 || c.start < 0 || c.start + c.n_tokens > capacity)
-        fail("malformed step message from rank {}: {} tokens at position {} in a cache of {}", from, c.n_tokens, c.start,
-             capacity);
+      if (c.n_segments == 0 || c.n_segments > uint32_t(l.max_slots) || c.n_tokens <= 0 ||
+          c.n_tokens > l.max_step_tokens)
+        fail("malformed step message from rank {}: {} segments, {} tokens (limits {} and {})", from, c.n_segments,
+             c.n_tokens, l.max_slots, l.max_step_tokens);
       return;
     case StepKind::Report:
     case StepKind::Shutdown:
       return;
   }
   fail("malformed step message from rank {}: unknown kind {}", from, c.kind);
+}
+
+void check_segment(const WireSegment& s, int from, const StepLimits& l) {
+  if (s.slot < 0 || s.slot >= l.max_slots || s.n_tokens <= 0 || s.start < 0 || s.start + s.n_tokens > l.max_positions ||
+      (s.sample != 0 && s.sample != 1))
+    fail("malformed step message from rank {}: segment of {} tokens at position {} in slot {} (limits: {} slots, {} "
+         "positions)",
+         from, s.n_tokens, s.start, s.slot, l.max_slots, l.max_positions);
 }
 
 }  // namespace shardlm

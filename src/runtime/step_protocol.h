@@ -1,6 +1,11 @@
-// What rank 0 tells every other rank before each step, on the wire. Plain little-endian structs
-// checked on arrival: a message that is not one of these is an error naming the sender, never
-// undefined behaviour.
+// What rank 0 tells every other rank, on the wire: plain little-endian structs checked on arrival,
+// so a message that is not one of these is an error naming the sender, never undefined behaviour.
+//
+//   Begin    {slot, sampler}      a sequence starts in cache slot `slot`
+//   End      {slot}               its cache blocks go back to the pool
+//   Tokens   {n_segments, n_tokens} + n_segments x WireSegment (+ n_tokens ids, to stage 0 only)
+//            one step: a batch of sequence segments (decode tokens and prefill chunks)
+//   Report / Shutdown
 #pragma once
 #include <cstdint>
 
@@ -9,30 +14,39 @@
 namespace shardlm {
 
 constexpr uint32_t kStepMagic = 0x534c4d53;  // "SMLS"
-constexpr uint32_t kStepProtocolVersion = 1;
+constexpr uint32_t kStepProtocolVersion = 2;
 
-enum class StepKind : uint32_t {
-  Begin = 1,     // a new request: reset the KV cache to `capacity` positions, set the sampler
-  Tokens = 2,    // run n_tokens tokens at positions start.. (prefill or one decode step)
-  Report = 3,    // send this rank's report (JSON) to rank 0
-  Shutdown = 4,  // leave the rank loop
-};
+enum class StepKind : uint32_t { Begin = 1, End = 2, Tokens = 3, Report = 4, Shutdown = 5 };
 
 struct StepCommand {
   uint32_t magic = kStepMagic;
   uint32_t version = kStepProtocolVersion;
   uint32_t kind = 0;
-  uint32_t want_logits = 0;  // Tokens: the last stage also sends the full logits to rank 0
-  int64_t n_tokens = 0;
-  int64_t start = 0;
-  int64_t capacity = 0;      // Begin
-  float temperature = 0, top_p = 1;
-  uint64_t seed = 0;
+  int32_t slot = 0;           // Begin, End
+  uint32_t n_segments = 0;    // Tokens
+  uint32_t want_logits = 0;   // Tokens: the last stage also sends the logits of the sampled rows
+  int64_t n_tokens = 0;       // Tokens: sum of the segments' tokens
+  float temperature = 0, top_p = 1;  // Begin
+  uint64_t seed = 0;                 // Begin
 };
-static_assert(sizeof(StepCommand) == 56);
+static_assert(sizeof(StepCommand) == 48);
 
-// Throws CommError-like Error naming `from` unless the command is well formed for a cache of
-// `capacity` positions (the capacity of the current request; Begin carries a new one).
-void check_step_command(const StepCommand& c, int from, int64_t capacity, int64_t max_context);
+struct WireSegment {
+  int32_t slot = 0;
+  int32_t sample = 0;  // sample the next token after this segment's last token
+  int64_t start = 0;
+  int64_t n_tokens = 0;
+};
+static_assert(sizeof(WireSegment) == 24);
+
+struct StepLimits {
+  int max_slots = 1;             // sequences that may be live at once
+  int64_t max_positions = 4096;  // context of one sequence
+  int64_t max_step_tokens = 4096;
+};
+
+// Throws Error naming `from` unless the command is well formed within `limits`.
+void check_step_command(const StepCommand& c, int from, const StepLimits& limits);
+void check_segment(const WireSegment& s, int from, const StepLimits& limits);
 
 }  // namespace shardlm

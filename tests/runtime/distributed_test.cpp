@@ -164,36 +164,44 @@ TEST(Distributed, KilledRankIsNamedAndNothingIsLeftBehind) {
 }
 
 TEST(Distributed, StepMessagesAreChecked) {
+  const StepLimits limits{4, 64, 256};
   StepCommand c;
   c.kind = uint32_t(StepKind::Tokens);
-  c.n_tokens = 4, c.start = 0;
-  EXPECT_NO_THROW(check_step_command(c, 0, 16, 64));
-  auto error = [](StepCommand bad) {
+  c.n_segments = 2, c.n_tokens = 20;
+  EXPECT_NO_THROW(check_step_command(c, 0, limits));
+  auto error = [&](auto check) {
     try {
-      check_step_command(bad, 3, 16, 64);
+      check();
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string();
   };
+  auto command_error = [&](StepCommand bad) { return error([&] { check_step_command(bad, 3, limits); }); };
   StepCommand m = c;
   m.magic = 0x12345678;
-  EXPECT_NE(error(m).find("malformed step message from rank 3"), std::string::npos);
+  EXPECT_NE(command_error(m).find("malformed step message from rank 3"), std::string::npos);
   m = c;
   m.version = 9;
-  EXPECT_NE(error(m).find("step protocol version 9"), std::string::npos);
+  EXPECT_NE(command_error(m).find("step protocol version 9"), std::string::npos);
   m = c;
-  m.start = 14;  // 14 + 4 > 16
-  EXPECT_NE(error(m).find("4 tokens at position 14 in a cache of 16"), std::string::npos);
+  m.n_tokens = 1000;  // over the step limit: never allocated
+  EXPECT_NE(command_error(m).find("1000 tokens"), std::string::npos);
   m = c;
   m.kind = 77;
-  EXPECT_NE(error(m).find("unknown kind 77"), std::string::npos);
+  EXPECT_NE(command_error(m).find("unknown kind 77"), std::string::npos);
   m = c;
   m.kind = uint32_t(StepKind::Begin);
-  m.capacity = 1 << 30;
-  EXPECT_NE(error(m).find("limit 64"), std::string::npos);
+  m.slot = 4;  // slots 0..3
+  EXPECT_NE(command_error(m).find("slot 4"), std::string::npos);
+  m.slot = 1;
+  m.top_p = 0;
+  EXPECT_NE(command_error(m).find("top-p 0"), std::string::npos);
+  WireSegment seg{1, 1, 60, 8};  // positions 60..67 in a context of 64
+  EXPECT_NE(error([&] { check_segment(seg, 2, limits); }).find("8 tokens at position 60 in slot 1"), std::string::npos);
+  seg = {0, 2, 0, 4};  // sample flag must be 0 or 1
+  EXPECT_NE(error([&] { check_segment(seg, 2, limits); }), "");
 }
-
 
 // The report behind shardlm could not run tensor parallel on 5 nodes: 5 divides neither the
 // heads nor the kv heads. Here the small preset (16 heads, 4 kv heads, ffn 3072) splits over 5
