@@ -3,11 +3,14 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "kernels/cpu/ops.h"
 
 namespace shardlm {
 
 KvCache::KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks)
-    : block_size_(block_size), n_blocks_(n_blocks), stride_(n_kv_heads * head_dim) {
+    : block_size_(block_size), n_blocks_(n_blocks), n_kv_heads_(n_kv_heads), head_dim_(head_dim),
+      stride_(n_kv_heads * head_dim) {
+  SHARDLM_CHECK(block_size == ops::kAttentionBlock, "KV cache blocks must hold {} positions", ops::kAttentionBlock);
   SHARDLM_CHECK(block_size > 0 && n_blocks > 0, "KV cache needs at least one block (got {} of {} positions)", n_blocks,
                 block_size);
   for (auto* side : {&k_, &v_}) {
@@ -56,10 +59,11 @@ const std::vector<int32_t>& KvCache::blocks(int slot) const {
   return tables_[size_t(slot)];
 }
 
-float* KvCache::at(std::vector<std::vector<float>>& side, int64_t layer, int slot, int64_t pos) {
-  const auto& table = tables_[size_t(slot)];
-  const int32_t block = table[size_t(pos / block_size_)];
-  return side[size_t(layer)].data() + (block * block_size_ + pos % block_size_) * stride_;
+void KvCache::store(int64_t layer, int slot, int64_t pos, const float* k, const float* v) {
+  const int32_t block = tables_[size_t(slot)][size_t(pos / block_size_)];
+  const int64_t offset = block * block_size_ * stride_;
+  ops::store_kv(k_[size_t(layer)].data() + offset, v_[size_t(layer)].data() + offset, pos % block_size_, k, v,
+                n_kv_heads_, head_dim_);
 }
 
 }  // namespace shardlm

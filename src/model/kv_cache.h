@@ -3,7 +3,8 @@
 // memory follows the tokens actually cached, not each request's maximum. The pool is sized from a
 // byte budget; a request that cannot get blocks is an error the scheduler sees before it runs.
 //
-// Layout: per layer, block b holds block_size positions x [n_kv_heads][head_dim] f32 for K and V.
+// Layout: per layer, one pool for K and one for V, block b at b * block floats, each block in the
+// layout the attention kernel reads (kernels/cpu/ops.h: K transposed so 16 keys form a vector).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -17,7 +18,7 @@ class KvCache {
 
   // Bytes one block costs on this rank (K and V, every layer it holds).
   static int64_t block_bytes(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size);
-  static constexpr int64_t kDefaultBlockSize = 16;
+  static constexpr int64_t kDefaultBlockSize = 16;  // = ops::kAttentionBlock
 
   int64_t block_size() const { return block_size_; }
   int64_t total_blocks() const { return n_blocks_; }
@@ -31,12 +32,8 @@ class KvCache {
   void release(int slot);
   int64_t reserved_length(int slot) const;
 
-  int64_t position_stride() const { return stride_; }  // floats per position: n_kv_heads * head_dim
-  // K or V of one position of a sequence: [n_kv_heads][head_dim].
-  float* k(int64_t layer, int slot, int64_t pos) { return at(k_, layer, slot, pos); }
-  float* v(int64_t layer, int slot, int64_t pos) { return at(v_, layer, slot, pos); }
-  const float* k(int64_t layer, int slot, int64_t pos) const { return const_cast<KvCache*>(this)->k(layer, slot, pos); }
-  const float* v(int64_t layer, int slot, int64_t pos) const { return const_cast<KvCache*>(this)->v(layer, slot, pos); }
+  // Stores K and V ([n_kv_heads][head_dim] each) of one position of a sequence (reserved).
+  void store(int64_t layer, int slot, int64_t pos, const float* k, const float* v);
   // The blocks of a sequence, in position order (for attention that walks a block at a time).
   const std::vector<int32_t>& blocks(int slot) const;
   // The layer's whole pool: block b starts at b * block_size * position_stride floats.
@@ -45,8 +42,7 @@ class KvCache {
   int64_t bytes() const { return int64_t(k_.size()) * 2 * n_blocks_ * block_size_ * stride_ * 4; }
 
  private:
-  float* at(std::vector<std::vector<float>>& side, int64_t layer, int slot, int64_t pos);
-  int64_t block_size_, n_blocks_, stride_;
+  int64_t block_size_, n_blocks_, n_kv_heads_, head_dim_, stride_;
   std::vector<std::vector<float>> k_, v_;  // [layer] -> n_blocks * block_size * stride
   std::vector<int32_t> free_;              // free block ids (taken from the back)
   std::vector<std::vector<int32_t>> tables_;  // [slot] -> blocks

@@ -38,7 +38,6 @@ void Transformer::reserve(int64_t n) {
   if (w_.tensor_parallel) partial_.resize(h_.size());
   positions_.resize(size_t(n));
   slots_.resize(size_t(n));
-  tables_.resize(size_t(n));
   scratch_tokens_ = n;
 }
 
@@ -77,14 +76,12 @@ void Transformer::attention_block(const LayerWeights& L, int64_t layer, float* x
   const bool adjacent = c.rope_style == RopeStyle::Adjacent;
   ops::rope(q_.data(), n, n_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
   ops::rope(k_.data(), n, n_kv_heads_, D, positions_.data(), inv_freq_.data(), adjacent);
-  for (int64_t t = 0; t < n; ++t) {
-    std::memcpy(cache.k(layer, slots_[size_t(t)], positions_[size_t(t)]), k_.data() + t * kv_dim, size_t(kv_dim) * 4);
-    std::memcpy(cache.v(layer, slots_[size_t(t)], positions_[size_t(t)]), v_.data() + t * kv_dim, size_t(kv_dim) * 4);
-  }
-  const ops::AttentionShape shape{n_heads_, D, c.num_heads / c.num_kv_heads, w_.slice.head_begin,
-                                  w_.slice.kv_head_begin, cache.block_size(), cache.position_stride()};
-  ops::attention(pool_, q_.data(), n, positions_.data(), tables_.data(), cache.k_pool(layer), cache.v_pool(layer), shape,
-                 attn_.data());
+  for (int64_t t = 0; t < n; ++t)
+    cache.store(layer, slots_[size_t(t)], positions_[size_t(t)], k_.data() + t * kv_dim, v_.data() + t * kv_dim);
+  const ops::AttentionShape shape{n_heads_, n_kv_heads_, D, c.num_heads / c.num_kv_heads, w_.slice.head_begin,
+                                  w_.slice.kv_head_begin};
+  ops::attention(pool_, q_.data(), attention_segments_.data(), int64_t(attention_segments_.size()), cache.k_pool(layer),
+                 cache.v_pool(layer), shape, attn_.data());
   project_and_add(L.o, attn_.data(), n, x);
 }
 
@@ -107,11 +104,12 @@ void Transformer::run_layers(float* x, std::span<const Segment> segments, KvCach
   }
   reserve(n);
   int64_t t = 0;
+  attention_segments_.clear();
   for (const Segment& s : segments) {
+    attention_segments_.push_back({cache.blocks(s.slot).data(), s.start, s.n_tokens});
     for (int64_t i = 0; i < s.n_tokens; ++i, ++t) {
       positions_[size_t(t)] = int32_t(s.start + i);
       slots_[size_t(t)] = s.slot;
-      tables_[size_t(t)] = cache.blocks(s.slot).data();
     }
   }
   for (size_t i = 0; i < w_.layers.size(); ++i) {

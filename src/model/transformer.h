@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
@@ -67,7 +68,7 @@ class Transformer {
   int64_t scratch_tokens_ = 0;
   std::vector<float> h_, q_, k_, v_, attn_, gate_, up_, partial_;
   std::vector<int32_t> positions_, slots_;  // per token of the current batch
-  std::vector<const int32_t*> tables_;       // per token: its sequence's block table
+  std::vector<ops::AttentionSegment> attention_segments_;
 };
 
 }  // namespace shardlm

@@ -93,38 +93,57 @@ TEST(Ops, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {
 }
 
 TEST(Ops, AttentionOverPagedCacheMatchesNaiveCausalSoftmax) {
-  // Two sequences in one batch, their positions scattered over blocks of 2 in a pool of 8.
-  const int64_t H = 4, KV = 2, D = 8, stride = KV * D, block = 2, n_blocks = 8;
-  auto pool_k = randn(size_t(n_blocks * block * stride), 9), pool_v = randn(size_t(n_blocks * block * stride), 10);
-  const std::vector<int32_t> table_a = {5, 1, 6}, table_b = {0, 7};  // sequence a: 5 positions, b: 3
-  // The batch: a's positions 2..4 (a prefill chunk after a cached prefix) and b's position 2.
-  std::vector<int32_t> pos = {2, 3, 4, 2};
-  std::vector<const int32_t*> tables = {table_a.data(), table_a.data(), table_a.data(), table_b.data()};
-  const int64_t T = int64_t(pos.size());
-  auto q = randn(size_t(T * H * D), 8);
-  std::vector<float> out(q.size());
-  ThreadPool pool(2);
-  ops::attention(pool, q.data(), T, pos.data(), tables.data(), pool_k.data(), pool_v.data(),
-                 {H, D, H / KV, 0, 0, block, stride}, out.data());
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t g = h / (H / KV);
-      auto at = [&](const std::vector<float>& p, int64_t position) {
-        return p.data() + (tables[size_t(t)][position / block] * block + position % block) * stride + g * D;
-      };
-      std::vector<double> s(size_t(pos[size_t(t)]) + 1);
-      double mx = -1e30, sum = 0;
-      for (int64_t p = 0; p <= pos[size_t(t)]; ++p) {
-        double d = 0;
-        for (int64_t i = 0; i < D; ++i) d += double(q[size_t((t * H + h) * D + i)]) * at(pool_k, p)[i];
-        s[size_t(p)] = d / std::sqrt(double(D));
-        mx = std::max(mx, s[size_t(p)]);
+  // Two sequences in one batch, their positions scattered over the blocks of a pool, head sizes
+  // of the fast paths (64) and the generic one (40), GQA groups of 2 and a tensor-parallel rank
+  // whose heads start mid-model.
+  for (int64_t D : {int64_t(64), int64_t(40)}) {
+    SCOPED_TRACE(D);
+    const int64_t B = ops::kAttentionBlock, KV = 2, H = 3, n_blocks = 8, group = 2, head_offset = 1;
+    // Sequence a: 40 positions in blocks 5, 1, 6; sequence b: 20 positions in blocks 0, 7.
+    const std::vector<int32_t> table_a = {5, 1, 6}, table_b = {0, 7};
+    const int64_t len_a = 40, len_b = 20;
+    std::vector<float> k_pool(size_t(n_blocks * B * KV * D)), v_pool(k_pool.size());
+    auto keys_a = randn(size_t(len_a * KV * D), 9), vals_a = randn(keys_a.size(), 10);
+    auto keys_b = randn(size_t(len_b * KV * D), 11), vals_b = randn(keys_b.size(), 12);
+    auto fill = [&](const std::vector<int32_t>& table, int64_t len, const std::vector<float>& k, const std::vector<float>& v) {
+      for (int64_t p = 0; p < len; ++p) {
+        const int64_t off = table[size_t(p / B)] * B * KV * D;
+        ops::store_kv(k_pool.data() + off, v_pool.data() + off, p % B, k.data() + p * KV * D, v.data() + p * KV * D, KV, D);
       }
-      for (auto& x : s) sum += (x = std::exp(x - mx));
-      for (int64_t i = 0; i < D; ++i) {
-        double o = 0;
-        for (int64_t p = 0; p <= pos[size_t(t)]; ++p) o += s[size_t(p)] / sum * at(pool_v, p)[i];
-        EXPECT_NEAR(out[size_t((t * H + h) * D + i)], o, 1e-5);
+    };
+    fill(table_a, len_a, keys_a, vals_a);
+    fill(table_b, len_b, keys_b, vals_b);
+    // The batch: a's positions 21..39 (a prefill chunk after a cached prefix), then b's position 19.
+    const std::vector<ops::AttentionSegment> segs = {{table_a.data(), 21, 19}, {table_b.data(), 19, 1}};
+    const int64_t T = 20;
+    auto q = randn(size_t(T * H * D), 8);
+    std::vector<float> out(q.size());
+    ThreadPool pool(2);
+    // Model heads 1..3 of kv heads 0..1 (group 2): local heads 0 -> kv 0, 1 and 2 -> kv 1.
+    ops::attention(pool, q.data(), segs.data(), 2, k_pool.data(), v_pool.data(), {H, KV, D, group, head_offset, 0},
+                   out.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const bool in_a = t < 19;
+      const int64_t pos = in_a ? 21 + t : 19;
+      const auto& keys = in_a ? keys_a : keys_b;
+      const auto& vals = in_a ? vals_a : vals_b;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t g = (head_offset + h) / group;
+        std::vector<double> sc(size_t(pos) + 1);
+        double mx = -1e30, sum = 0;
+        for (int64_t p = 0; p <= pos; ++p) {
+          double d = 0;
+          for (int64_t i = 0; i < D; ++i) d += double(q[size_t((t * H + h) * D + i)]) * keys[size_t((p * KV + g) * D + i)];
+          sc[size_t(p)] = d / std::sqrt(double(D));
+          mx = std::max(mx, sc[size_t(p)]);
+        }
+        for (auto& x : sc) sum += (x = std::exp(x - mx));
+        for (int64_t i = 0; i < D; ++i) {
+          double o = 0;
+          for (int64_t p = 0; p <= pos; ++p) o += sc[size_t(p)] / sum * vals[size_t((p * KV + g) * D + i)];
+          ASSERT_NEAR(out[size_t((t * H + h) * D + i)], o, 2e-5) << "token " << t << " head " << h;
+        }
       }
     }
+  }
 }

@@ -4,7 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#include "core/cpu_features.h"
+#include "core/error.h"
 #include "kernels/cpu/vec.h"
+#include "kernels/cpu/attention.h"
 
 namespace shardlm::ops {
 
@@ -47,40 +50,49 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
-void attention(ThreadPool& pool, const float* q, int64_t n_tokens, const int32_t* positions,
-               const int32_t* const* tables, const float* k_pool, const float* v_pool, const AttentionShape& s,
-               float* out) {
-  const float scale = 1.0f / std::sqrt(float(s.head_dim));
-  int32_t max_pos = 0;
-  for (int64_t t = 0; t < n_tokens; ++t) max_pos = std::max(max_pos, positions[t]);
-  const int64_t block_floats = s.block_size * s.position_stride;
-  pool.run([&](int tid, int nth) {
-    std::vector<float> scores(size_t(max_pos) + 1);
-    // Work items are (token, head) pairs, dealt round-robin so causal rows of different lengths
-    // spread evenly over the threads.
-    for (int64_t item = tid; item < n_tokens * s.n_heads; item += nth) {
-      const int64_t t = item / s.n_heads, h = item % s.n_heads;
-      const float* qv = q + item * s.head_dim;
-      const int64_t kv_offset = ((s.head_offset + h) / s.group - s.kv_head_offset) * s.head_dim;
-      const int32_t* table = tables[t];
-      const int64_t len = int64_t(positions[t]) + 1;
-      auto row = [&](const float* pool_base, int64_t p) {
-        return pool_base + table[p / s.block_size] * block_floats + (p % s.block_size) * s.position_stride + kv_offset;
-      };
-      float max_score = -INFINITY;
-      for (int64_t p = 0; p < len; ++p) {
-        float sc = vec::dot(qv, row(k_pool, p), s.head_dim) * scale;
-        scores[size_t(p)] = sc;
-        max_score = std::max(max_score, sc);
-      }
-      float sum = 0;
-      for (int64_t p = 0; p < len; ++p) sum += (scores[size_t(p)] = std::exp(scores[size_t(p)] - max_score));
-      float* o = out + item * s.head_dim;
-      std::fill(o, o + s.head_dim, 0.0f);
-      const float inv = 1.0f / sum;
-      for (int64_t p = 0; p < len; ++p) vec::axpy(scores[size_t(p)] * inv, row(v_pool, p), o, s.head_dim);
+void attention(ThreadPool& pool, const float* q, const AttentionSegment* segments, int64_t n_segments,
+               const float* k_pool, const float* v_pool, const AttentionShape& s, float* out) {
+  SHARDLM_CHECK(s.head_dim > 0 && s.head_dim <= 256, "attention: head_dim {} is not supported (at most 256)", s.head_dim);
+  static const detail::AttentionKernel kernel = [] {
+    switch (simd_level()) {
+      case SimdLevel::Avx512: return detail::attention_kernel_avx512();
+      case SimdLevel::Avx2: return detail::attention_kernel_avx2();
+      default: return detail::attention_kernel_scalar();
     }
+  }();
+  // The local query heads of each local kv head.
+  std::vector<std::vector<int64_t>> heads_of(size_t(s.n_kv_heads));
+  for (int64_t h = 0; h < s.n_heads; ++h) {
+    const int64_t kv = (s.head_offset + h) / s.group - s.kv_head_offset;
+    SHARDLM_CHECK(kv >= 0 && kv < s.n_kv_heads, "attention: head {} maps to kv head {} outside [0, {})", h, kv, s.n_kv_heads);
+    heads_of[size_t(kv)].push_back(h);
+  }
+  // Tasks of at most 64 rows, so long prefill chunks spread over every thread.
+  constexpr int64_t kTaskRows = 64;
+  std::vector<detail::AttentionTask> tasks;
+  int64_t first_token = 0;
+  for (int64_t i = 0; i < n_segments; ++i) {
+    const AttentionSegment& seg = segments[i];
+    for (int64_t kv = 0; kv < s.n_kv_heads; ++kv) {
+      const auto& heads = heads_of[size_t(kv)];
+      const int64_t rows = seg.n_tokens * int64_t(heads.size());
+      for (int64_t r = 0; r < rows; r += kTaskRows)
+        tasks.push_back({&seg, first_token, kv, heads.data(), int64_t(heads.size()), r, std::min(rows, r + kTaskRows)});
+    }
+    first_token += seg.n_tokens;
+  }
+  // Later rows see more positions: deal the tasks from the longest down, round-robin.
+  std::reverse(tasks.begin(), tasks.end());
+  pool.run([&](int t, int nt) {
+    for (size_t i = size_t(t); i < tasks.size(); i += size_t(nt)) kernel(tasks[i], q, k_pool, v_pool, s, out);
   });
+}
+
+void store_kv(float* k_block, float* v_block, int64_t row, const float* k, const float* v, int64_t n_kv_heads,
+              int64_t head_dim) {
+  for (int64_t h = 0; h < n_kv_heads; ++h)
+    for (int64_t d = 0; d < head_dim; ++d) k_block[(h * head_dim + d) * kAttentionBlock + row] = k[h * head_dim + d];
+  std::copy(v, v + n_kv_heads * head_dim, v_block + row * n_kv_heads * head_dim);
 }
 
 }  // namespace shardlm::ops
