@@ -19,6 +19,7 @@ namespace shardlm::test {
 std::string TestModelSpec::name() const {
   std::string n = arch + "-" + preset + "-" + dtype + "-s" + std::to_string(seed) + "-c" + std::to_string(config_style);
   if (shard_mib != 2048) n += "-shard" + std::to_string(shard_mib);
+  if (context > 0) n += "-ctx" + std::to_string(context);
   return n;
 }
 
@@ -32,6 +33,7 @@ TestModelSpec parse_make_model_flags(const std::string& flags) {
     else if (key == "--dtype") s.dtype = value;
     else if (key == "--seed") s.seed = std::stoull(value);
     else if (key == "--config-style") s.config_style = std::stoi(value);
+    else if (key == "--context") s.context = std::stoll(value);
     else fail("unknown make-model flag in golden file: {}", key);
   }
   return s;
@@ -56,6 +58,7 @@ std::string test_model(const TestModelSpec& spec) {
     o.out_dir = dir.string();
     o.config_style = spec.config_style;
     o.shard_bytes = spec.shard_mib << 20;
+    if (spec.context > 0) o.context = spec.context;
     write_synthetic_model(o);
     std::ofstream(done) << "ok\n";
   }

@@ -12,6 +12,7 @@ struct TestModelSpec {
   uint64_t seed = 1;
   int config_style = 4;
   int64_t shard_mib = 2048;
+  int64_t context = 0;  // max_position_embeddings; 0: the preset's
   std::string name() const;  // folder name, e.g. "llama-tiny-f32-s1-c4"
 };
 
