@@ -161,3 +161,40 @@ TEST(Cli, ConvertWritesAGgufThatGeneratesTheSameTokensAndTruncationIsAnError) {
   fs::resize_file(dir + "/m.gguf", fs::file_size(dir + "/m.gguf") - 1000);
   expect_one_error_line(shardlm_run("generate --model " + dir + "/m.gguf --prompt hi"), "m.gguf");
 }
+
+TEST(Cli, PromptsFileRunsRequestsTogetherAndReportsEach) {
+  std::string model = test::test_model({});
+  std::string dir = test::scratch_dir("cli_prompts");
+  {
+    std::ofstream f(dir + "/requests.jsonl");
+    f << R"({"prompt": "The capital of France is"})" << "\n"
+      << R"({"prompt": "def add(a, b):", "max_tokens": 5})" << "\n\n"
+      << R"({"prompt_ids": [9707, 1879], "max_tokens": 3, "temperature": 0.8, "seed": 7})" << "\n"
+      << R"({"prompt": "too long for the context", "max_tokens": 500})" << "\n";
+  }
+  CommandResult r = shardlm_run("generate -q --model " + model + " --prompts-file " + dir +
+                                "/requests.jsonl -n 8 --ignore-eos --max-batch 4 --context 64 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["requests"].size(), 4u);
+  EXPECT_EQ(j["requests"][0]["token_ids"].size(), 8u);
+  EXPECT_EQ(j["requests"][1]["token_ids"].size(), 5u);
+  EXPECT_EQ(j["requests"][2]["token_ids"].size(), 3u);
+  EXPECT_EQ(j["requests"][2]["prompt_ids"], nlohmann::json({9707, 1879}));
+  EXPECT_NE(j["requests"][3]["error"].get<std::string>().find("context holds 64"), std::string::npos);
+  EXPECT_EQ(j["aggregate"]["generated_tokens"].get<int64_t>(), 16);
+  EXPECT_GT(j["aggregate"]["generated_tok_s"].get<double>(), 0);
+  // The first request's tokens are those it gets alone.
+  CommandResult alone = shardlm_run("generate -q --model " + model + " --prompt 'The capital of France is' -n 8 --ignore-eos --json");
+  EXPECT_EQ(nlohmann::json::parse(alone.out)["token_ids"], j["requests"][0]["token_ids"]);
+  // Text mode prints each request, and a failed one makes the exit status 1.
+  CommandResult text = shardlm_run("generate --model " + model + " --prompts-file " + dir +
+                                   "/requests.jsonl -n 8 --ignore-eos --max-batch 4 --context 64");
+  EXPECT_EQ(text.status, 1);
+  EXPECT_NE(text.out.find("--- request 3: error:"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("--- request 0 ("), std::string::npos) << text.out;
+  // A malformed line is named.
+  std::ofstream(dir + "/bad.jsonl") << "{\"prompt\": \"ok\"}\n{\"prompt\": 5}\n";
+  expect_one_error_line(shardlm_run("generate --model " + model + " --prompts-file " + dir + "/bad.jsonl"), "bad.jsonl:2");
+  expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --kv-memory 12Q"), "unknown unit 'Q'");
+}
