@@ -16,18 +16,17 @@
 #include "core/process_stats.h"
 #include "kernels/cpu/machine_ceiling.h"
 #include "runtime/cluster.h"
-#include "runtime/engine.h"
 
 namespace shardlm::cli {
 
 namespace {
 
 struct BenchFlags {
-  EngineOptions engine;
   ClusterOptions cluster;
   bool single = false;
   int64_t prompt_tokens = 512;
   int64_t decode_tokens = 32;
+  int batch = 1;  // concurrent requests: aggregate decode of a batch
   int repeats = 3;
   bool json = false;
 };
@@ -54,91 +53,109 @@ TokenCost token_cost(const ModelFiles& files) {
   return c;
 }
 
-// Runs warm-up + repeats of one request (a random prompt, then decode) through `generate`.
-template <class Generate>
-std::pair<std::vector<double>, std::vector<double>> timed_runs(const BenchFlags& f, int64_t vocab, Generate&& generate) {
+struct Timing {
+  double prefill_s;   // one request: its prefill; a batch: until every request has its first token
+  double decode_s;    // one request: its decode; a batch: the whole run
+  int64_t generated;  // tokens generated in all
+  double step_bytes_s = 0;
+};
+
+// Warm-up + repeats of `batch` requests (random prompts, then decode), medians of the timings.
+std::vector<Timing> timed_runs(const BenchFlags& f, Cluster& cluster) {
   std::mt19937 rng(1234);
-  std::uniform_int_distribution<int32_t> id(0, int32_t(std::min<int64_t>(vocab, 150000) - 1));
-  GenerateRequest req;
-  req.prompt_ids.resize(size_t(f.prompt_tokens));
-  for (auto& t : req.prompt_ids) t = id(rng);
-  req.max_new_tokens = f.decode_tokens + 1;  // the first new token comes with the prefill
-  req.stop_at_eos = false;
-  std::vector<double> prefill_s, decode_s;
-  for (int rep = 0; rep <= f.repeats; ++rep) {  // rep 0 warms up
-    GenerateResult r = generate(req);
-    if (rep > 0) prefill_s.push_back(r.prefill_s), decode_s.push_back(r.decode_s);
-    log_info("bench: repeat {}/{}: prefill {:.2f} s, decode {:.2f} s{}", rep, f.repeats, r.prefill_s, r.decode_s,
-             rep ? "" : " (warm-up)");
+  std::uniform_int_distribution<int32_t> id(0, int32_t(std::min<int64_t>(cluster.config().vocab_size, 150000) - 1));
+  std::vector<GenerateRequest> reqs(size_t(f.batch));
+  for (auto& req : reqs) {
+    req.prompt_ids.resize(size_t(f.prompt_tokens));
+    for (auto& t : req.prompt_ids) t = id(rng);
+    req.max_new_tokens = f.decode_tokens + 1;  // the first new token comes with the prefill
+    req.stop_at_eos = false;
+    req.want_first_logits = false;
   }
-  return {prefill_s, decode_s};
+  std::vector<Timing> timings;
+  for (int rep = 0; rep <= f.repeats; ++rep) {  // rep 0 warms up
+    Stopwatch clock;
+    std::vector<GenerateResult> results = cluster.run(reqs);
+    const double wall = clock.seconds();
+    Timing t{0, 0, 0};
+    for (const auto& r : results) {
+      if (!r.error.empty()) fail("bench: {}", r.error);
+      t.prefill_s = std::max(t.prefill_s, r.queue_s + r.prefill_s);
+      t.generated += int64_t(r.output_ids.size());
+    }
+    t.decode_s = f.batch == 1 ? results[0].decode_s : wall;
+    if (rep > 0) timings.push_back(t);
+    log_info("bench: repeat {}/{}: prefill {:.2f} s, {} {:.2f} s{}", rep, f.repeats, t.prefill_s,
+             f.batch == 1 ? "decode" : "all", t.decode_s, rep ? "" : " (warm-up)");
+  }
+  return timings;
 }
 
 void run_bench(BenchFlags& f) {
-  if (f.engine.model_path.empty()) fail("bench: give --model (or --comm to measure the links)");
+  if (f.cluster.model_path.empty()) fail("bench: give --model (or --comm to measure the links)");
   const bool split = f.cluster.pp * f.cluster.tp > 1 || f.cluster.backend == "mpi";
   if (!f.single && !split) fail("bench: give --single (one rank), --pp/--tp for a split, or --comm");
-  const int threads = f.engine.threads > 0 ? f.engine.threads : ThreadPool::default_threads();
-  ThreadPool probe_pool(split ? ThreadPool::default_threads() : threads);
+  ThreadPool probe_pool(split || f.cluster.threads_per_rank == 0 ? ThreadPool::default_threads()
+                                                                 : f.cluster.threads_per_rank);
   log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
   const double read_bw = measure_read_bandwidth(probe_pool);
   const double fma_peak = measure_fma_peak(probe_pool);
   reset_peak_rss();  // the bandwidth probe's buffer is gone; measure the model from here
 
-  const int64_t context = f.prompt_tokens + f.decode_tokens + 2;
-  auto files = open_model_files(f.engine.model_path);
+  auto files = open_model_files(f.cluster.model_path);
   const ModelConfig cfg = files->config();
   const TokenCost cost = token_cost(*files);
   files.reset();
-  nlohmann::json ranks;
-  double load_s = 0;
-  std::vector<double> prefill_s, decode_s;
-  std::string layout = "1 rank";
-  if (split) {
-    f.cluster.model_path = f.engine.model_path;
-    f.cluster.context = context;
-    f.cluster.threads_per_rank = f.engine.threads;
-    Cluster cluster(f.cluster);
-    if (!cluster.is_driver()) return;
-    load_s = cluster.load_s();
-    std::tie(prefill_s, decode_s) =
-        timed_runs(f, cfg.vocab_size, [&](const GenerateRequest& r) { return cluster.generate(r); });
-    ranks = cluster.rank_reports();
-    layout = fmt::format("pp {} x tp {} over {}", f.cluster.pp, f.cluster.tp, cluster.backend_name());
-  } else {
-    f.engine.context = context;
-    Engine engine(f.engine);
-    load_s = engine.load_s();
-    std::tie(prefill_s, decode_s) =
-        timed_runs(f, cfg.vocab_size, [&](const GenerateRequest& r) { return engine.generate(r); });
-    layout = fmt::format("1 rank, {} threads", engine.threads());
-  }
+  f.cluster.context = f.prompt_tokens + f.decode_tokens + 2;
+  f.cluster.max_batch = f.batch;
+  Cluster cluster(f.cluster);
+  if (!cluster.is_driver()) return;
+  std::vector<Timing> timings = timed_runs(f, cluster);
+  nlohmann::json ranks = cluster.rank_reports();
+  const std::string layout =
+      split ? fmt::format("pp {} x tp {} over {}", f.cluster.pp, f.cluster.tp, cluster.backend_name())
+            : fmt::format("1 rank, {} threads", cluster.rank0().threads());
+  auto med = [&](auto field) {
+    std::vector<double> v;
+    for (const auto& t : timings) v.push_back(field(t));
+    return median(v);
+  };
+  const double prefill_s = med([](const Timing& t) { return t.prefill_s; });
+  const double decode_s = med([](const Timing& t) { return t.decode_s; });
+  const double generated = med([](const Timing& t) { return double(t.generated); });
 
-  const double P = double(f.prompt_tokens);
+  const double P = double(f.prompt_tokens) * f.batch;
   // Attention multiply-adds of a causal prefill: each of P queries reads its prefix twice (QK, PV).
-  const double attn_flops = 2.0 * 2.0 * double(cfg.num_layers) * double(cfg.num_heads * cfg.head_dim) * P * (P + 1) / 2;
-  const double prefill_flops = 2.0 * double(cost.layer_params) * P + 2.0 * double(cost.head_params) + attn_flops;
-  const double prefill_tok_s = P / median(prefill_s);
-  const double prefill_flop_s = prefill_flops / median(prefill_s);
-  const double decode_tok_s = double(f.decode_tokens) / median(decode_s);
+  const double per_prompt = double(f.prompt_tokens);
+  const double attn_flops = f.batch * 2.0 * 2.0 * double(cfg.num_layers) * double(cfg.num_heads * cfg.head_dim) *
+                            per_prompt * (per_prompt + 1) / 2;
+  const double prefill_flops = 2.0 * double(cost.layer_params) * P + 2.0 * double(cost.head_params) * f.batch + attn_flops;
+  const double prefill_tok_s = P / prefill_s;
+  const double prefill_flop_s = prefill_flops / prefill_s;
+  // One request: decode tokens after the first, over its decode time. A batch: every generated
+  // token over the whole run (prompts included), the aggregate a server would see.
+  const double decode_tok_s = f.batch == 1 ? double(f.decode_tokens) / decode_s : generated / decode_s;
   const double bytes_per_token = double(cost.layer_bytes + cost.head_bytes);
-  const double decode_bw = bytes_per_token * decode_tok_s;
-  double comm_share = 0;
-  int64_t largest_rss = peak_rss_bytes();
-  if (!ranks.is_null()) {
-    for (const auto& r : ranks) {
-      comm_share = std::max(comm_share, r["comm_share"].get<double>());
-      largest_rss = std::max(largest_rss, r["peak_rss_bytes"].get<int64_t>());
-    }
+  // Each step reads every weight once for the whole batch.
+  const double steps_s = f.batch == 1 ? decode_tok_s : double(cluster.last_run().steps) / cluster.last_run().seconds;
+  const double decode_bw = bytes_per_token * steps_s;
+  double comm_share = 0, longest_step = 0;
+  int64_t largest_rss = 0;
+  for (const auto& r : ranks) {
+    comm_share = std::max(comm_share, r["comm_share"].get<double>());
+    longest_step = std::max(longest_step, r["longest_step_s"].get<double>());
+    largest_rss = std::max(largest_rss, r["peak_rss_bytes"].get<int64_t>());
   }
 
-  nlohmann::json j = {{"model", f.engine.model_path},
+  nlohmann::json j = {{"model", f.cluster.model_path},
                       {"layout", layout},
                       {"pp", f.cluster.pp},
                       {"tp", f.cluster.tp},
+                      {"batch", f.batch},
+                      {"prefill_chunk", f.cluster.prefill_chunk},
                       {"simd", simd_level_name(simd_level())},
                       {"weight_dtype", cost.dtype},
-                      {"load_s", load_s},
+                      {"load_s", cluster.load_s()},
                       {"peak_rss_bytes", largest_rss},
                       {"read_bandwidth_bytes_s", read_bw},
                       {"fma_peak_flop_s", fma_peak},
@@ -152,21 +169,28 @@ void run_bench(BenchFlags& f) {
                       {"decode_bytes_s", decode_bw},
                       {"decode_fraction_of_read_bandwidth", decode_bw / read_bw},
                       {"comm_share", comm_share},
+                      {"longest_step_s", longest_step},
                       {"repeats", f.repeats}};
-  if (!ranks.is_null()) j["ranks"] = ranks;
+  if (split) j["ranks"] = ranks;
   if (f.json) {
     fmt::print("{}\n", j.dump());
     return;
   }
-  fmt::print("model            {} ({}, {}, {})\n", f.engine.model_path, cost.dtype, layout, simd_level_name(simd_level()));
-  fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", load_s, largest_rss / 1e9);
+  fmt::print("model            {} ({}, {}, {})\n", f.cluster.model_path, cost.dtype, layout, simd_level_name(simd_level()));
+  fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", cluster.load_s(), largest_rss / 1e9);
   fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
              fma_peak / 1e9);
-  fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
-             decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
-  fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (median of {})\n", f.prompt_tokens,
-             prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak, f.repeats);
-  if (!ranks.is_null()) {
+  if (f.batch == 1)
+    fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
+               decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
+  else
+    fmt::print("decode, batch {}  {:.2f} tok/s aggregate; {:.1f} steps/s stream {:.1f} GB/s of weights = {:.0f}% of read "
+               "bandwidth (median of {})\n",
+               f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
+  fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (chunk {}, longest step {:.3f} s)\n",
+             f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
+             f.cluster.prefill_chunk, longest_step);
+  if (split) {
     for (const auto& r : ranks)
       fmt::print("rank {}          stage {} tp {}: load {:.2f} s, peak RSS {:.2f} GB, {:.0f}% of step time in communication\n",
                  r["rank"].get<int>(), r["stage"].get<int>(), r["tp_rank"].get<int>(), r["load_s"].get<double>(),
@@ -181,7 +205,7 @@ void add_bench(CLI::App& app) {
   auto f = std::make_shared<BenchFlags>();
   auto comm = std::make_shared<CommBenchFlags>();
   auto comm_mode = std::make_shared<bool>(false);
-  cmd->add_option("-m,--model", f->engine.model_path, "Hugging Face model folder or .gguf file");
+  cmd->add_option("-m,--model", f->cluster.model_path, "Hugging Face model folder or .gguf file");
   cmd->add_flag("--single", f->single, "Run the model on one rank (this process)");
   cmd->add_option("--pp", f->cluster.pp, "Pipeline-parallel stages")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--tp", f->cluster.tp, "Tensor-parallel ranks per stage")->check(CLI::PositiveNumber)->capture_default_str();
@@ -192,7 +216,11 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--repeats", f->repeats, "Timed repeats (after one warm-up); medians are reported")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("-t,--threads", f->engine.threads, "Threads (per rank; 0: the cores shared by the ranks)")
+  cmd->add_option("--batch", f->batch, "Requests run together (aggregate decode of a batch)")->check(CLI::Range(1, 4096))->capture_default_str();
+  cmd->add_option("--prefill-chunk", f->cluster.prefill_chunk, "Prompt tokens per step (0: whole prompts)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", f->cluster.threads_per_rank, "Threads (per rank; 0: the cores shared by the ranks)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--json", f->json, "Print one JSON object");
