@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -205,6 +206,7 @@ void add_bench(CLI::App& app) {
   auto f = std::make_shared<BenchFlags>();
   auto comm = std::make_shared<CommBenchFlags>();
   auto comm_mode = std::make_shared<bool>(false);
+  auto sweep = std::make_shared<BenchSweepFlags>();
   cmd->add_option("-m,--model", f->cluster.model_path, "Hugging Face model folder or .gguf file");
   cmd->add_flag("--single", f->single, "Run the model on one rank (this process)");
   cmd->add_option("--pp", f->cluster.pp, "Pipeline-parallel stages")->check(CLI::PositiveNumber)->capture_default_str();
@@ -231,7 +233,24 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--topology", comm->topology, "tcp: ring or mesh")->check(CLI::IsMember({"ring", "mesh"}))->capture_default_str();
   cmd->add_option("--ranks", comm->ranks, "--comm: ranks started on this host")->check(CLI::Range(2, 64))->capture_default_str();
   cmd->add_option("--iters", comm->iters, "--comm: timed all_reduces per size")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--sweep", sweep->spec,
+                  "Run a grid: \"split=1,pp2,tp2,pp2xtp2;backend=shm,tcp-ring,tcp-mesh;prompt=128,4096;gen=32;batch=1,16;chunk=256\"");
+  cmd->add_option("--out", sweep->out, "--sweep: folder for results.jsonl and results.csv (default bench-results/<time>)");
+  cmd->add_option("--warmup", sweep->warmup, "--sweep: untimed runs per point")->check(CLI::NonNegativeNumber)->capture_default_str();
+  auto plot = std::make_shared<std::string>();
+  cmd->add_option("--plot", *plot, "Draw a sweep's results.jsonl as PNG and SVG charts into --out");
   cmd->callback([=] {
+    if (!plot->empty()) {
+      run_plot(*plot, sweep->out.empty() ? std::filesystem::path(*plot).parent_path().string() + "/plots" : sweep->out);
+      return;
+    }
+    if (!sweep->spec.empty()) {
+      sweep->model = f->cluster.model_path;
+      sweep->repeats = f->repeats;
+      sweep->threads = f->cluster.threads_per_rank;
+      run_sweep(*sweep);
+      return;
+    }
     if (*comm_mode) {
       comm->json = f->json;
       run_comm_bench(*comm);

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "core/process_stats.h"
+#include "tokenizer/tokenizer.h"
+#include <memory>
 
 namespace shardlm::cli {
 
@@ -21,5 +23,14 @@ struct CommBenchFlags {
   bool json = false;
 };
 void run_comm_bench(const CommBenchFlags& flags);
+
+struct BenchSweepFlags {
+  std::string model, spec, out;
+  int repeats = 3, warmup = 1, threads = 0;
+  double timeout_s = 120;
+  std::shared_ptr<const Tokenizer> tokenizer;  // parsed once for every point
+};
+void run_sweep(BenchSweepFlags& flags);
+void run_plot(const std::string& results_jsonl, const std::string& out_dir);
 
 }  // namespace shardlm::cli

@@ -32,6 +32,7 @@ struct GenerateResult {
   std::vector<float> first_logits;  // logits after the prompt (the prediction of the first new token)
   double prefill_s = 0, decode_s = 0;  // admission to first token; first token to last
   double queue_s = 0;                   // arrival to admission
+  std::vector<double> token_times;      // when each output token came, seconds after arrival
   double prefill_tok_s() const { return prefill_s > 0 ? double(prompt_ids.size()) / prefill_s : 0; }
   // Decode rate counts the tokens made after the first (each needed one forward step).
   double decode_tok_s() const {

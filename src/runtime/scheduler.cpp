@@ -202,6 +202,7 @@ std::vector<GenerateResult> Scheduler::run(const std::vector<GenerateRequest>& r
         continue;
       }
       res.output_ids.push_back(token);
+      res.token_times.push_back(s.clock.seconds());
       ++stats_.generated_tokens;
       if (on_token) on_token(step.samples[k], token, tokenizer_.token_bytes(token));
       const auto& eos = config.eos_token_ids;

@@ -1,0 +1,344 @@
+// shardlm bench --sweep: runs every point of a grid (split x backend x prompt x gen x batch x
+// chunk), each with warm-up and repeats, records medians and spread as JSON lines and CSV, prints
+// a table as it goes, and ends with the answer: which split is fastest, and what each costs.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "cli/bench_common.h"
+#include "cli/sweep_spec.h"
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/process_stats.h"
+#include "kernels/cpu/machine_ceiling.h"
+#include "runtime/cluster.h"
+
+namespace shardlm::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct Spread {
+  double median = 0, min = 0, max = 0;
+  json to_json() const { return {{"median", median}, {"min", min}, {"max", max}}; }
+};
+Spread spread(std::vector<double> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  return {cli::median(v), v.front(), v.back()};
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(p * double(v.size() - 1) + 0.5))];
+}
+
+std::string read_first_line_with(const char* path, const char* key) {
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) {
+      auto colon = line.find(':');
+      std::string v = colon == std::string::npos ? line : line.substr(colon + 1);
+      v.erase(0, v.find_first_not_of(" \t"));
+      return v;
+    }
+  return "";
+}
+
+int64_t mem_available_bytes() { return std::atoll(read_first_line_with("/proc/meminfo", "MemAvailable").c_str()) * 1024; }
+
+json machine_json(double read_bw, double fma_peak) {
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  return {{"hostname", host},
+          {"cpu", read_first_line_with("/proc/cpuinfo", "model name")},
+          {"cores", ThreadPool::default_threads()},
+          {"memory_bytes", std::atoll(read_first_line_with("/proc/meminfo", "MemTotal").c_str()) * 1024},
+          {"simd", simd_level_name(simd_level())},
+          {"read_bandwidth_bytes_s", read_bw},
+          {"fma_peak_flop_s", fma_peak}};
+}
+
+json model_json(const std::string& path) {
+  auto files = open_model_files(path);
+  const ModelConfig& c = files->config();
+  const TensorView* q = files->find("model.layers.0.self_attn.q_proj.weight");
+  return {{"path", path},
+          {"description", files->description()},
+          {"arch", arch_name(c.arch)},
+          {"layers", c.num_layers},
+          {"hidden", c.hidden_size},
+          {"heads", c.num_heads},
+          {"kv_heads", c.num_kv_heads},
+          {"vocab", c.vocab_size},
+          {"dtype", q ? std::string(dtype_name(q->dtype)) : "?"},
+          {"file_bytes", files->file_bytes()}};
+}
+
+// One point: a fresh cluster (so load time and memory are this split's), warm-up, repeats.
+json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model) {
+  json r = {{"split", p.split_name()}, {"pp", p.pp}, {"tp", p.tp}, {"backend", p.backend_name()}, {"prompt_tokens", p.prompt},
+            {"gen_tokens", p.gen}, {"batch", p.batch}, {"prefill_chunk", p.chunk}, {"repeats", f.repeats},
+            {"warmup", f.warmup}};
+  // The ranks share this host's memory: refuse a point that cannot fit rather than be killed.
+  const int64_t needed = model["file_bytes"].get<int64_t>() + (256ll << 20) * p.pp * p.tp;
+  if (needed > mem_available_bytes()) {
+    r["status"] = "skipped";
+    r["reason"] = fmt::format("needs about {:.1f} GB, {:.1f} GB available", needed / 1e9, mem_available_bytes() / 1e9);
+    return r;
+  }
+  try {
+    ClusterOptions o;
+    o.model_path = f.model;
+    o.pp = p.pp, o.tp = p.tp;
+    o.backend = p.backend, o.topology = p.topology;
+    o.context = p.prompt + p.gen + 8;
+    o.max_batch = p.batch;
+    o.prefill_chunk = p.chunk;
+    o.threads_per_rank = f.threads;
+    o.timeout = std::chrono::milliseconds(int64_t(f.timeout_s * 1000));
+    o.tokenizer = f.tokenizer;
+    Cluster cluster(o);
+    r["load_s"] = cluster.load_s();
+    r["plan"] = plan_to_json(cluster.plan(), cluster.config())["ranks"];
+
+    std::mt19937 rng(uint32_t(p.prompt * 131 + p.batch));
+    std::uniform_int_distribution<int32_t> id(0, int32_t(std::min<int64_t>(cluster.config().vocab_size, 150000) - 1));
+    std::vector<GenerateRequest> reqs(size_t(p.batch));
+    for (auto& q : reqs) {
+      q.prompt_ids.resize(size_t(p.prompt));
+      for (auto& t : q.prompt_ids) t = id(rng);
+      q.max_new_tokens = p.gen;
+      q.stop_at_eos = false;
+      q.want_first_logits = false;
+    }
+    std::vector<double> ttft, prefill, per_seq, aggregate, itl_p50, itl_p99;
+    int64_t generated = 0, requested = 0;
+    for (int rep = 0; rep < f.warmup + f.repeats; ++rep) {
+      Stopwatch clock;
+      auto results = cluster.run(reqs);
+      const double wall = clock.seconds();
+      if (rep < f.warmup) continue;
+      std::vector<double> firsts, gaps, seq_rates;
+      int64_t tokens = 0;
+      for (const auto& res : results) {
+        if (!res.error.empty()) throw Error(res.error);
+        firsts.push_back(res.queue_s + res.prefill_s);
+        if (res.decode_tok_s() > 0) seq_rates.push_back(res.decode_tok_s());
+        for (size_t i = 1; i < res.token_times.size(); ++i) gaps.push_back(res.token_times[i] - res.token_times[i - 1]);
+        tokens += int64_t(res.output_ids.size());
+      }
+      generated += tokens;
+      requested += p.gen * p.batch;
+      ttft.push_back(cli::median(firsts));
+      prefill.push_back(double(p.prompt * p.batch) / *std::max_element(firsts.begin(), firsts.end()));
+      per_seq.push_back(cli::median(seq_rates));
+      aggregate.push_back(double(tokens) / wall);
+      itl_p50.push_back(percentile(gaps, 0.50));
+      itl_p99.push_back(percentile(gaps, 0.99));
+    }
+    json ranks = cluster.rank_reports();
+    double comm = 0;
+    int64_t bytes = 0, largest = 0;
+    json rss = json::array();
+    for (const auto& rank : ranks) {
+      comm = std::max(comm, rank["comm_share"].get<double>());
+      bytes += rank["bytes_sent"].get<int64_t>();
+      largest = std::max(largest, rank["peak_rss_bytes"].get<int64_t>());
+      rss.push_back(rank["peak_rss_bytes"]);
+    }
+    r["status"] = "ok";
+    r["ttft_s"] = spread(ttft).to_json();
+    r["prefill_tok_s"] = spread(prefill).to_json();
+    r["decode_tok_s_per_seq"] = spread(per_seq).to_json();
+    r["decode_tok_s_aggregate"] = spread(aggregate).to_json();
+    r["itl_p50_s"] = spread(itl_p50).to_json();
+    r["itl_p99_s"] = spread(itl_p99).to_json();
+    r["peak_rss_bytes_per_rank"] = rss;
+    r["max_peak_rss_bytes"] = largest;
+    r["comm_share"] = comm;
+    // Every rank's sends over all runs of the point (warm-up included), per token through the model.
+    const int64_t all_tokens = int64_t(f.warmup + f.repeats) * p.batch * (p.prompt + p.gen);
+    r["bytes_sent_per_token"] = double(bytes) / double(all_tokens);
+    r["tokens_generated"] = generated;
+    r["tokens_requested"] = requested;
+  } catch (const std::exception& e) {
+    r["status"] = "failed";
+    r["reason"] = e.what();
+  }
+  return r;
+}
+
+std::vector<std::string> csv_columns() {
+  return {"split",         "pp",           "tp",           "backend",      "prompt_tokens", "gen_tokens",
+          "batch",         "prefill_chunk", "status",      "load_s",       "ttft_s",        "prefill_tok_s",
+          "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s", "max_peak_rss_bytes",
+          "comm_share",    "bytes_sent_per_token", "tokens_generated", "tokens_requested", "reason"};
+}
+
+std::string csv_field(const json& r, const std::string& key) {
+  if (!r.contains(key)) return "";
+  const json& v = r[key];
+  if (v.is_object() && v.contains("median")) return fmt::format("{:.6g}", v["median"].get<double>());
+  if (v.is_string()) {
+    std::string s = v.get<std::string>();
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c == '\n' ? ' ' : c);
+    return q + "\"";
+  }
+  if (v.is_number_float()) return fmt::format("{:.6g}", v.get<double>());
+  return v.dump();
+}
+
+std::string eta(double seconds) {
+  int s = int(seconds + 0.5);
+  return s >= 60 ? fmt::format("{}m{:02d}s", s / 60, s % 60) : fmt::format("{}s", s);
+}
+
+void print_row(const json& r) {
+  auto med = [&](const char* k) { return r.contains(k) ? r[k]["median"].get<double>() : 0.0; };
+  std::string head = fmt::format("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}", r["split"].get<std::string>(),
+                                 r["backend"].get<std::string>(), r["prompt_tokens"].get<int64_t>(),
+                                 r["gen_tokens"].get<int64_t>(), r["batch"].get<int>(), r["prefill_chunk"].get<int64_t>());
+  if (r["status"] != "ok") {
+    fmt::print("{}  {}: {}\n", head, r["status"].get<std::string>(), r.value("reason", ""));
+  } else {
+    fmt::print("{}  {:6.2f} {:7.3f} {:9.1f} {:8.1f} {:8.1f} {:8.2f} {:7.2f} {:6.2f} {:5.0f}%\n", head, r["load_s"].get<double>(),
+               med("ttft_s"), med("prefill_tok_s"), med("decode_tok_s_per_seq"), med("decode_tok_s_aggregate"),
+               1e3 * med("itl_p50_s"), 1e3 * med("itl_p99_s"), r["max_peak_rss_bytes"].get<int64_t>() / 1e9,
+               100 * r["comm_share"].get<double>());
+  }
+  std::fflush(stdout);
+}
+
+// The answer to "which split, at what cost", from the points that ran.
+std::vector<std::string> summary(const std::vector<json>& records) {
+  std::vector<std::string> lines;
+  std::vector<const json*> ok;
+  for (const auto& r : records)
+    if (r["status"] == "ok") ok.push_back(&r);
+  if (ok.empty()) return {"no point ran"};
+  auto med = [](const json& r, const char* k) { return r[k]["median"].get<double>(); };
+  std::map<int, std::vector<const json*>> by_batch;
+  int64_t max_prompt = 0;
+  for (const json* r : ok) {
+    by_batch[(*r)["batch"].get<int>()].push_back(r);
+    max_prompt = std::max(max_prompt, (*r)["prompt_tokens"].get<int64_t>());
+  }
+  for (auto& [batch, rs] : by_batch) {
+    // Per split and backend: the median over prompts of aggregate decode rate.
+    std::map<std::string, std::vector<double>> rates;
+    for (const json* r : rs) {
+      std::string name = (*r)["split"].get<std::string>();
+      if ((*r)["backend"] != "-") name += " over " + (*r)["backend"].get<std::string>();
+      rates[name].push_back(med(*r, "decode_tok_s_aggregate"));
+    }
+    std::vector<std::pair<double, std::string>> ranked;
+    for (auto& [name, v] : rates) ranked.push_back({cli::median(v), name});
+    std::sort(ranked.rbegin(), ranked.rend());
+    std::string line = fmt::format("for prompts up to {} tokens and batch {}, {} is fastest ({:.1f} tok/s)", max_prompt,
+                                   batch, ranked[0].second, ranked[0].first);
+    if (ranked.size() > 1)
+      line += fmt::format("; then {} ({:.0f}% of it)", ranked[1].second, 100 * ranked[1].first / ranked[0].first);
+    lines.push_back(line);
+  }
+  // Cost: the split with the least memory per rank against the fastest one.
+  const json* fastest = *std::max_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
+    return med(*a, "decode_tok_s_aggregate") < med(*b, "decode_tok_s_aggregate");
+  });
+  const json* leanest = *std::min_element(ok.begin(), ok.end(), [](const json* a, const json* b) {
+    return (*a)["max_peak_rss_bytes"].get<int64_t>() < (*b)["max_peak_rss_bytes"].get<int64_t>();
+  });
+  const json* quickest = *std::min_element(ok.begin(), ok.end(), [](const json* a, const json* b) {
+    return (*a)["load_s"].get<double>() < (*b)["load_s"].get<double>();
+  });
+  const std::string fast = (*fastest)["split"].get<std::string>();
+  if ((*leanest)["split"] != fast)
+    lines.push_back(fmt::format("{} needs {:.0f}% of {}'s memory per rank ({:.2f} vs {:.2f} GB)",
+                                (*leanest)["split"].get<std::string>(),
+                                100.0 * double((*leanest)["max_peak_rss_bytes"].get<int64_t>()) /
+                                    double((*fastest)["max_peak_rss_bytes"].get<int64_t>()),
+                                fast, (*leanest)["max_peak_rss_bytes"].get<int64_t>() / 1e9,
+                                (*fastest)["max_peak_rss_bytes"].get<int64_t>() / 1e9));
+  if ((*quickest)["split"] != fast && (*quickest)["load_s"].get<double>() > 0)
+    lines.push_back(fmt::format("{} loads {:.1f}x faster than {} ({:.2f} s vs {:.2f} s)", (*quickest)["split"].get<std::string>(),
+                                (*fastest)["load_s"].get<double>() / (*quickest)["load_s"].get<double>(), fast,
+                                (*quickest)["load_s"].get<double>(), (*fastest)["load_s"].get<double>()));
+  int failed = 0;
+  for (const auto& r : records) failed += r["status"] != "ok";
+  if (failed) lines.push_back(fmt::format("{} of {} points did not run (see status and reason)", failed, records.size()));
+  return lines;
+}
+
+}  // namespace
+
+void run_sweep(BenchSweepFlags& f) {
+  SHARDLM_CHECK(!f.model.empty(), "bench --sweep needs --model");
+  std::vector<SweepPoint> points = parse_sweep(f.spec);
+  if (f.out.empty()) {
+    std::time_t now = std::time(nullptr);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+    f.out = std::string("bench-results/") + stamp;
+  }
+  std::filesystem::create_directories(f.out);
+  const std::string jsonl = f.out + "/results.jsonl", csv = f.out + "/results.csv";
+  log_info("bench: {} points -> {} and {}", points.size(), jsonl, csv);
+
+  ThreadPool probe(ThreadPool::default_threads());
+  const double read_bw = measure_read_bandwidth(probe, size_t(256) << 20);
+  const double fma_peak = measure_fma_peak(probe);
+  const json machine = machine_json(read_bw, fma_peak);
+  const json model = model_json(f.model);
+  f.tokenizer = std::make_shared<const Tokenizer>(open_model_files(f.model)->tokenizer());
+
+  std::ofstream lines(jsonl, std::ios::app), table(csv);
+  if (!lines || !table) fail("{}: cannot write results", f.out);
+  for (size_t i = 0; i < csv_columns().size(); ++i) table << (i ? "," : "") << csv_columns()[i];
+  table << "\n";
+  fmt::print("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}  {:>6} {:>7} {:>9} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6}\n", "split",
+             "backend", "prompt", "gen", "batch", "chunk", "load_s", "ttft_s", "prefill/s", "seq tok/s", "agg tok/s",
+             "itl50ms", "itl99ms", "RSS GB", "comm");
+  std::vector<json> records;
+  Stopwatch clock;
+  for (size_t i = 0; i < points.size(); ++i) {
+    const double done = double(i), elapsed = clock.seconds();
+    const int bar = int(30 * i / points.size());
+    log_info("bench: [{}{}] {}/{}  elapsed {}  ETA {}", std::string(size_t(bar), '#'), std::string(size_t(30 - bar), '.'), i,
+             points.size(), eta(elapsed), i ? eta(elapsed / done * double(points.size() - i)) : "?");
+    // Each point's figures are its own: the peak RSS starts over, and the ranks' progress lines
+    // stay out of the table.
+    reset_peak_rss();
+    const LogLevel level = log_level();
+    set_log_level(LogLevel::Quiet);
+    json r = run_point(points[i], f, model);
+    set_log_level(level);
+    r["machine"] = machine;
+    r["model"] = model;
+    r["shardlm_version"] = SHARDLM_VERSION;
+    r["time"] = std::time(nullptr);
+    records.push_back(r);
+    lines << r.dump(-1, ' ', false, json::error_handler_t::replace) << "\n" << std::flush;
+    for (size_t c = 0; c < csv_columns().size(); ++c) table << (c ? "," : "") << csv_field(r, csv_columns()[c]);
+    table << "\n" << std::flush;
+    print_row(r);
+  }
+  log_info("bench: {} points in {}", points.size(), eta(clock.seconds()));
+  fmt::print("\n");
+  for (const auto& line : summary(records)) fmt::print("{}\n", line);
+}
+
+}  // namespace shardlm::cli

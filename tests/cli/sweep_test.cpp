@@ -1,0 +1,107 @@
+// bench --sweep on the tiny preset (3 points) and bench --plot on its results: every record has
+// every field, the figures agree with each other, and the charts are real PNG/SVG files holding
+// the expected series.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "test_models.h"
+#include "test_paths.h"
+
+using namespace shardlm;
+using nlohmann::json;
+
+namespace {
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+uint32_t big_endian(const std::string& s, size_t at) {
+  return uint32_t(uint8_t(s[at])) << 24 | uint32_t(uint8_t(s[at + 1])) << 16 | uint32_t(uint8_t(s[at + 2])) << 8 |
+         uint8_t(s[at + 3]);
+}
+}  // namespace
+
+TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
+  const std::string out = test::scratch_dir("sweep");
+  std::string stdout_text, stderr_text;
+  int status = test::run_command(test::shardlm_binary() + " bench --model " + test::test_model({}) +
+                                     " --sweep 'split=1,pp2,tp2;prompt=16;gen=6;batch=2' --repeats 2 --warmup 1 --out " + out,
+                                 &stdout_text, &stderr_text);
+  ASSERT_EQ(status, 0) << stderr_text;
+  std::vector<json> records;
+  std::istringstream lines(slurp(out + "/results.jsonl"));
+  for (std::string line; std::getline(lines, line);) records.push_back(json::parse(line));
+  ASSERT_EQ(records.size(), 3u);
+  std::set<std::string> splits;
+  for (const json& r : records) {
+    SCOPED_TRACE(r["split"].get<std::string>());
+    splits.insert(r["split"]);
+    ASSERT_EQ(r["status"], "ok") << r.value("reason", "");
+    for (const char* key : {"machine", "model", "plan", "shardlm_version", "load_s", "ttft_s", "prefill_tok_s",
+                            "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s",
+                            "peak_rss_bytes_per_rank", "max_peak_rss_bytes", "comm_share", "bytes_sent_per_token",
+                            "tokens_generated", "tokens_requested", "repeats", "prompt_tokens", "gen_tokens", "batch"})
+      EXPECT_TRUE(r.contains(key)) << key;
+    for (const char* key : {"ttft_s", "prefill_tok_s", "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s"}) {
+      EXPECT_LE(r[key]["min"].get<double>(), r[key]["median"].get<double>()) << key;
+      EXPECT_LE(r[key]["median"].get<double>(), r[key]["max"].get<double>()) << key;
+      EXPECT_GT(r[key]["median"].get<double>(), 0) << key;
+    }
+    // Two sequences decode together: the aggregate beats one sequence's rate.
+    EXPECT_GE(r["decode_tok_s_aggregate"]["median"].get<double>(), r["decode_tok_s_per_seq"]["median"].get<double>());
+    EXPECT_EQ(r["tokens_generated"], r["tokens_requested"]);
+    EXPECT_EQ(r["tokens_generated"].get<int64_t>(), 2 * 2 * 6);  // repeats x batch x gen
+    EXPECT_LE(r["itl_p50_s"]["median"].get<double>(), r["itl_p99_s"]["median"].get<double>());
+    EXPECT_EQ(r["peak_rss_bytes_per_rank"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
+    EXPECT_EQ(r["plan"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
+    EXPECT_GT(r["machine"]["read_bandwidth_bytes_s"].get<double>(), 0);
+    if (r["split"] == "1") EXPECT_EQ(r["bytes_sent_per_token"].get<double>(), 0.0);
+    else EXPECT_GT(r["bytes_sent_per_token"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(splits, (std::set<std::string>{"1", "PP2", "TP2"}));
+  // CSV: a header and one row per point; the terminal summary answers the question.
+  std::string csv = slurp(out + "/results.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
+  EXPECT_EQ(csv.rfind("split,pp,tp,backend,prompt_tokens", 0), 0u);
+  EXPECT_NE(stdout_text.find("is fastest"), std::string::npos) << stdout_text;
+  EXPECT_NE(stderr_text.find("ETA"), std::string::npos);
+
+  status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/results.jsonl --out " + out + "/plots",
+                             nullptr, &stderr_text);
+  ASSERT_EQ(status, 0) << stderr_text;
+  const std::map<std::string, std::set<std::string>> expected = {
+      {"decode", {"one rank", "shm"}},
+      {"prefill", {"1", "PP2 shm", "TP2 shm"}},
+      {"memory", {"load s", "peak RSS GB per rank"}},
+      {"latency", {"1 p50", "1 p99", "PP2 shm p50", "PP2 shm p99", "TP2 shm p50", "TP2 shm p99"}}};
+  for (const auto& [chart, series] : expected) {
+    SCOPED_TRACE(chart);
+    std::string png = slurp(out + "/plots/" + chart + ".png");
+    ASSERT_GT(png.size(), 1000u);
+    EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+    EXPECT_EQ(png.substr(12, 4), "IHDR");
+    EXPECT_EQ(big_endian(png, 16), 900u);
+    EXPECT_EQ(big_endian(png, 20), 560u);
+    std::string svg = slurp(out + "/plots/" + chart + ".svg");
+    EXPECT_NE(svg.find("<svg"), std::string::npos);
+    EXPECT_NE(svg.find("</svg>"), std::string::npos);
+    std::set<std::string> titles;
+    for (size_t at = 0; (at = svg.find("<title>", at)) != std::string::npos;) {
+      size_t end = svg.find("</title>", at);
+      titles.insert(svg.substr(at + 7, end - at - 7));
+      at = end;
+    }
+    titles.erase("Gnuplot");
+    EXPECT_EQ(titles, series);
+  }
+  // A file that is not a sweep is refused with its name.
+  std::ofstream(out + "/junk.jsonl") << "not json\n";
+  status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/junk.jsonl", nullptr, &stderr_text);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(stderr_text.find("junk.jsonl:1"), std::string::npos) << stderr_text;
+}
