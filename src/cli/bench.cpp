@@ -237,6 +237,9 @@ void add_bench(CLI::App& app) {
                   "Run a grid: \"split=1,pp2,tp2,pp2xtp2;backend=shm,tcp-ring,tcp-mesh;prompt=128,4096;gen=32;batch=1,16;chunk=256\"");
   cmd->add_option("--out", sweep->out, "--sweep: folder for results.jsonl and results.csv (default bench-results/<time>)");
   cmd->add_option("--warmup", sweep->warmup, "--sweep: untimed runs per point")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--emulate-link", sweep->link,
+                  "--sweep over an emulated link: presets 1gbe, 10gbe, 25gbe, 100gbe, tb5, or \"bw=10gbit,delay=50us\" "
+                  "(ranks in network namespaces shaped with tc; needs root)");
   auto plot = std::make_shared<std::string>();
   cmd->add_option("--plot", *plot, "Draw a sweep's results.jsonl as PNG and SVG charts into --out");
   cmd->callback([=] {

@@ -22,6 +22,7 @@
 #include "core/process_stats.h"
 #include "kernels/cpu/machine_ceiling.h"
 #include "runtime/cluster.h"
+#include "runtime/emulated_network.h"
 
 namespace shardlm::cli {
 
@@ -104,6 +105,17 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     o.model_path = f.model;
     o.pp = p.pp, o.tp = p.tp;
     o.backend = p.backend, o.topology = p.topology;
+    std::unique_ptr<EmulatedNetwork> network;
+    if (!f.link.empty() && p.pp * p.tp > 1) {
+      // Ranks in namespaces over shaped links: only tcp crosses them.
+      const LinkSpec link = parse_link(f.link);
+      network = std::make_unique<EmulatedNetwork>(p.pp * p.tp, link);
+      o.backend = "tcp";
+      o.network = network.get();
+      r["backend"] = "tcp-" + p.topology;
+      r["link"] = link.name;
+      r["link_delay_emulated"] = network->delay_emulated();
+    }
     o.context = p.prompt + p.gen + 8;
     o.max_batch = p.batch;
     o.prefill_chunk = p.chunk;
@@ -111,6 +123,7 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     o.timeout = std::chrono::milliseconds(int64_t(f.timeout_s * 1000));
     o.tokenizer = f.tokenizer;
     Cluster cluster(o);
+    (void)network;  // outlives the cluster: declared before it
     r["load_s"] = cluster.load_s();
     r["plan"] = plan_to_json(cluster.plan(), cluster.config())["ranks"];
 
@@ -297,6 +310,11 @@ void run_sweep(BenchSweepFlags& f) {
   std::filesystem::create_directories(f.out);
   const std::string jsonl = f.out + "/results.jsonl", csv = f.out + "/results.csv";
   log_info("bench: {} points -> {} and {}", points.size(), jsonl, csv);
+  if (!f.link.empty()) {
+    parse_link(f.link);  // a bad spec fails before anything runs
+    std::string why;
+    if (!EmulatedNetwork::available(&why)) fail("--emulate-link: {}", why);
+  }
 
   ThreadPool probe(ThreadPool::default_threads());
   const double read_bw = measure_read_bandwidth(probe, size_t(256) << 20);

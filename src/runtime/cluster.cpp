@@ -133,6 +133,15 @@ void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
   const int world = o.pp * o.tp;
   comm::LocalGroup group =
       comm::prepare_local_group(o.backend, o.topology, world, o.secret.empty() ? random_secret() : o.secret, o.timeout);
+  if (o.network) {
+    // Each rank binds in its own namespace, at its address there.
+    SHARDLM_CHECK(o.backend == "tcp", "an emulated network needs --backend tcp (shared memory does not cross it)");
+    SHARDLM_CHECK(o.network->size() >= world, "the emulated network has {} ranks, the run needs {}", o.network->size(), world);
+    group.close_except(-1);
+    group.listen_fds.clear();
+    group.spec.endpoints.clear();
+    for (int r = 0; r < world; ++r) group.spec.endpoints.push_back(o.network->address(r) + ":7700");
+  }
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t parent = ::getpid();
@@ -147,11 +156,21 @@ void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a rank never outlives the run that started it
       if (::getppid() != parent) ::_exit(1);
       group.close_except(r);
+      if (o.network) {
+        try {
+          EnterNetns inside(o.network->netns(r));
+          run_child_rank(group.for_rank(r), ro);  // never returns
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "shardlm: error: rank %d: %s\n", r, e.what());
+          ::_exit(1);
+        }
+      }
       run_child_rank(group.for_rank(r), ro);
     }
     children_.push_back(pid);
   }
   group.close_except(0);
+  if (o.network) netns_ = std::make_unique<EnterNetns>(o.network->netns(0));  // for the whole run
   comm::GroupSpec spec = group.for_rank(0);
   listen_fd_ = spec.listen_fd;
   world_ = comm::connect(spec);
@@ -265,6 +284,7 @@ Cluster::~Cluster() {
   rank0_.reset();
   world_.reset();
   if (listen_fd_ >= 0) ::close(listen_fd_);
+  netns_.reset();
 }
 
 }  // namespace shardlm

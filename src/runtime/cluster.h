@@ -14,6 +14,7 @@
 
 #include "comm/group.h"
 #include "runtime/control_link.h"
+#include "runtime/emulated_network.h"
 #include "runtime/rank.h"
 #include "runtime/request.h"
 #include "runtime/scheduler.h"
@@ -37,6 +38,8 @@ struct ClusterOptions {
   // A tokenizer already loaded from this model (a server running many sessions parses it once);
   // null: rank 0 loads it.
   std::shared_ptr<const Tokenizer> tokenizer;
+  // Local ranks in the namespaces of an emulated network (tcp only), rank r in network->netns(r).
+  const EmulatedNetwork* network = nullptr;
 };
 
 class Cluster {
@@ -79,6 +82,7 @@ class Cluster {
   std::unique_ptr<Scheduler> scheduler_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   int listen_fd_ = -1;  // rank 0's tcp listening socket: the group borrows it, we close it
+  std::unique_ptr<EnterNetns> netns_;  // rank 0's namespace on an emulated network, for the run
   int64_t context_ = 0;
   double load_s_ = 0;
   std::string backend_name_;
