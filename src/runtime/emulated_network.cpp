@@ -12,6 +12,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "core/netns_command.h"
 #include "core/log.h"
 
 namespace shardlm {
@@ -112,7 +113,7 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
     janitor_pipe_ = fds[1];
     ::fcntl(janitor_pipe_, F_SETFD, FD_CLOEXEC);
   }
-  std::string script = "set -e; ip netns add " + hub + "; ip -n " + hub + " link add br0 type bridge; ip -n " + hub +
+  std::string script = "set -e; " + netns_add_command(hub) + "; ip -n " + hub + " link add br0 type bridge; ip -n " + hub +
                        " link set br0 up;";
   std::string out;
   if (link.delay_s > 0) {
@@ -126,10 +127,10 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
   for (int r = 0; r < ranks; ++r) {
     const std::string ns = names_[size_t(r)], a = fmt::format("{}a{}", prefix_, r), b = fmt::format("{}b{}", prefix_, r);
     script += fmt::format(
-        "ip netns add {ns}; ip link add {a} type veth peer name {b}; ip link set {a} netns {ns}; ip link set {b} netns {hub};"
+        "{add}; ip link add {a} type veth peer name {b}; ip link set {a} netns {ns}; ip link set {b} netns {hub};"
         "ip -n {ns} addr add {ip}/8 dev {a}; ip -n {ns} link set {a} up; ip -n {ns} link set lo up;"
         "ip -n {hub} link set {b} master br0; ip -n {hub} link set {b} up;",
-        fmt::arg("ns", ns), fmt::arg("a", a), fmt::arg("b", b), fmt::arg("hub", hub), fmt::arg("ip", addresses_[size_t(r)]));
+        fmt::arg("add", netns_add_command(ns)), fmt::arg("ns", ns), fmt::arg("a", a), fmt::arg("b", b), fmt::arg("hub", hub), fmt::arg("ip", addresses_[size_t(r)]));
     // Shape what each rank sends: delay (netem) and then rate (tbf, with a burst of at least one
     // large packet and a queue of a few milliseconds).
     std::string parent = "root";
@@ -149,8 +150,9 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
     remove_all();
     fail("cannot build the emulated network (exit status {}): {}", rc, out.empty() ? script : out);
   }
-  log_info("emulated link {}: {} ranks in namespaces {}r0.. ({} Gbit/s, {} us one way)", link.name, ranks, prefix_,
-           link.bits_per_s / 1e9, link.delay_s * 1e6);
+  log_info("emulated link {}: {} ranks in namespaces {}r0.. ({})", link.name.empty() ? "(custom)" : link.name, ranks,
+           prefix_, link.bits_per_s > 0 ? fmt::format("{} Gbit/s, {} us one way", link.bits_per_s / 1e9, link.delay_s * 1e6)
+                                        : std::string("no shaping"));
 }
 
 void EmulatedNetwork::remove_all() {

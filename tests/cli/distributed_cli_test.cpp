@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/netns_command.h"
 #include "test_models.h"
 #include "test_paths.h"
 
@@ -31,11 +32,11 @@ std::string bin() { return test::shardlm_binary(); }
 class Namespaces {
  public:
   explicit Namespaces(int n) : prefix_("slm" + std::to_string(::getpid() % 100000)) {
-    std::string script = "set -e; ip netns add " + prefix_ + "hub; ip -n " + prefix_ + "hub link add br0 type bridge; ip -n " +
+    std::string script = "set -e; " + shardlm::netns_add_command(prefix_ + "hub") + "; ip -n " + prefix_ + "hub link add br0 type bridge; ip -n " +
                          prefix_ + "hub link set br0 up;";
     for (int i = 0; i < n; ++i) {
       std::string ns = name(i), a = "va" + std::to_string(i), b = "vb" + std::to_string(i);
-      script += "ip netns add " + ns + "; ip link add " + prefix_ + a + " type veth peer name " + prefix_ + b + ";" +
+      script += shardlm::netns_add_command(ns) + "; ip link add " + prefix_ + a + " type veth peer name " + prefix_ + b + ";" +
                 "ip link set " + prefix_ + a + " netns " + ns + "; ip link set " + prefix_ + b + " netns " + prefix_ + "hub;" +
                 "ip -n " + ns + " addr add " + address(i) + "/24 dev " + prefix_ + a + "; ip -n " + ns + " link set " + prefix_ +
                 a + " up; ip -n " + ns + " link set lo up;" + "ip -n " + prefix_ + "hub link set " + prefix_ + b +

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "comm/tcp/tcp_group.h"
+#include "core/netns_command.h"
 #include "multiprocess.h"
 #include "tcp_test_util.h"
 
@@ -58,14 +59,14 @@ class NetnsLab {
     if (shell("command -v ip") != 0) return "the `ip` tool (iproute2) is not installed";
     remove_stale();
     std::string out;
-    if (shell(fmt::format("ip netns add {}", hub()), &out) != 0)
+    if (shell(shardlm::netns_add_command(hub()), &out) != 0)
       return "cannot create a network namespace (no CAP_NET_ADMIN?): " + out;
     created_.push_back(hub());
     run(fmt::format("ip -n {} link add br0 type bridge", hub()));
     run(fmt::format("ip -n {} link set br0 up", hub()));
     for (int r = 0; r < ranks; ++r) {
       std::string ns = rank_ns(r);
-      run(fmt::format("ip netns add {}", ns));
+      run(shardlm::netns_add_command(ns));
       created_.push_back(ns);
       run(fmt::format("ip -n {} link add eth0 type veth peer name port{} netns {}", ns, r, hub()));
       run(fmt::format("ip -n {} link set port{} master br0 up", hub(), r));
