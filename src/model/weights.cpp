@@ -113,8 +113,9 @@ ModelWeights load_weights(const ModelFiles& files, ModelSlice s) {
   SHARDLM_CHECK(s.vocab_begin >= 0 && s.vocab_begin < s.vocab_end && s.vocab_end <= c.vocab_size,
                 "bad vocab range [{}, {})", s.vocab_begin, s.vocab_end);
   w.slice = s;
-  w.tensor_parallel = s.head_end - s.head_begin < c.num_heads || s.ffn_end - s.ffn_begin < c.intermediate_size ||
-                      s.vocab_end - s.vocab_begin < c.vocab_size;
+  // Layers split by heads or features need an all-reduce; a slice of the lm_head rows does not
+  // (each rank's logits are whole).
+  w.tensor_parallel = s.head_end - s.head_begin < c.num_heads || s.ffn_end - s.ffn_begin < c.intermediate_size;
   const int64_t H = c.hidden_size, F = c.intermediate_size, D = c.head_dim;
   Loader load(files, w);
 

@@ -44,6 +44,12 @@ std::vector<StageRange> balance(const std::vector<double>& cost, const std::vect
 
 }  // namespace
 
+VocabRange Plan::vocab_of(int rank) const {
+  const StageRange& st = stages[size_t(stage_of(rank))];
+  const int64_t n = st.vocab_end - st.vocab_begin, t = tp_rank_of(rank);
+  return {st.vocab_begin + even_edge(n, tp, int(t)), st.vocab_begin + even_edge(n, tp, int(t) + 1)};
+}
+
 Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   SHARDLM_CHECK(o.pp >= 1 && o.tp >= 1, "--pp and --tp must be at least 1 (got {} and {})", o.pp, o.tp);
   SHARDLM_CHECK(o.pp <= c.num_layers, "--pp {} asks for more pipeline stages than the model's {} layers", o.pp,
@@ -58,22 +64,43 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
   plan.pp = o.pp;
   plan.tp = o.tp;
 
-  // Pipeline: balance weight bytes. A layer costs its matrices; the last stage also carries the
-  // lm_head (as large as several layers of a small model), so it gets fewer layers.
+  // Pipeline: balance weight bytes. Contiguous layers first, as evenly as their count allows;
+  // then the lm_head rows are poured into the stages the layers leave light (water filling),
+  // so all stages end up near the same share. The embedding is not counted: a step reads only
+  // the rows of its tokens.
   const double H = double(c.hidden_size), D = double(c.head_dim);
   const double layer_cost = H * D * double(2 * c.num_heads + 2 * c.num_kv_heads) + 3.0 * H * double(c.intermediate_size);
   const double head_cost = H * double(c.vocab_size);
-  std::vector<double> cost(size_t(c.num_layers), layer_cost);
   std::vector<double> capacity = o.stage_weights.empty() ? std::vector<double>(size_t(o.pp), 1.0) : o.stage_weights;
-  if (o.pp > 1) {
-    // Fold the head into the last layer's cost so the partition accounts for it.
-    cost.back() += head_cost;
+  plan.stages = balance(std::vector<double>(size_t(c.num_layers), layer_cost), capacity);
+  std::vector<double> load(size_t(o.pp));
+  for (int s = 0; s < o.pp; ++s)
+    load[size_t(s)] = double(plan.stages[size_t(s)].layer_end - plan.stages[size_t(s)].layer_begin) * layer_cost;
+  // The level (load per unit of capacity) at which the stages below it absorb the whole head.
+  auto poured = [&](double level) {
+    double sum = 0;
+    for (int s = 0; s < o.pp; ++s) sum += std::max(0.0, level * capacity[size_t(s)] - load[size_t(s)]);
+    return sum;
+  };
+  double lo = 0, hi = 0;
+  for (int s = 0; s < o.pp; ++s) hi = std::max(hi, (load[size_t(s)] + head_cost) / capacity[size_t(s)]);
+  for (int i = 0; i < 200; ++i) {
+    const double mid = (lo + hi) / 2;
+    (poured(mid) < head_cost ? lo : hi) = mid;
   }
-  plan.stages = balance(cost, capacity);
+  double cumulative = 0;
+  for (int s = 0; s < o.pp; ++s) {
+    StageRange& st = plan.stages[size_t(s)];
+    st.vocab_begin = s == 0 ? 0 : plan.stages[size_t(s) - 1].vocab_end;
+    cumulative += std::max(0.0, hi * capacity[size_t(s)] - load[size_t(s)]);
+    st.vocab_end = s == o.pp - 1 ? c.vocab_size
+                                 : std::clamp(int64_t(std::llround(cumulative / head_cost * double(c.vocab_size))),
+                                              st.vocab_begin, c.vocab_size);
+  }
 
   // Tensor parallel: heads as evenly as possible; each rank reads the kv heads its query heads map
   // to (a kv head shared by two ranks is held by both). ffn in blocks of 32 so quantized column
-  // slices stay whole blocks; vocab rows evenly.
+  // slices stay whole blocks.
   const int64_t group = c.num_heads / c.num_kv_heads;
   const bool blocks = c.intermediate_size % 32 == 0;
   const int64_t ffn_units = blocks ? c.intermediate_size / 32 : c.intermediate_size;
@@ -86,8 +113,6 @@ Plan make_plan(const ModelConfig& c, const PlanOptions& o) {
     s.kv_head_end = (s.head_end - 1) / group + 1;
     s.ffn_begin = even_edge(ffn_units, o.tp, t) * unit;
     s.ffn_end = even_edge(ffn_units, o.tp, t + 1) * unit;
-    s.vocab_begin = even_edge(c.vocab_size, o.tp, t);
-    s.vocab_end = even_edge(c.vocab_size, o.tp, t + 1);
     SHARDLM_CHECK(s.ffn_end > s.ffn_begin, "--tp {} leaves a rank without MLP features", o.tp);
     plan.slices.push_back(s);
   }
@@ -99,7 +124,8 @@ nlohmann::json plan_to_json(const Plan& p, const ModelConfig& c) {
   for (int r = 0; r < p.world_size(); ++r) {
     const StageRange& st = p.stages[size_t(p.stage_of(r))];
     const TpSlice& s = p.slices[size_t(p.tp_rank_of(r))];
-    const bool first = p.stage_of(r) == 0, last = p.stage_of(r) == p.pp - 1;
+    const bool first = p.stage_of(r) == 0;
+    const VocabRange v = p.vocab_of(r);
     ranks.push_back({{"rank", r},
                      {"stage", p.stage_of(r)},
                      {"tp_rank", p.tp_rank_of(r)},
@@ -108,7 +134,7 @@ nlohmann::json plan_to_json(const Plan& p, const ModelConfig& c) {
                      {"kv_heads", {s.kv_head_begin, s.kv_head_end}},
                      {"ffn", {s.ffn_begin, s.ffn_end}},
                      {"embedding", first},
-                     {"lm_head_rows", last ? nlohmann::json{s.vocab_begin, s.vocab_end} : nlohmann::json(nullptr)}});
+                     {"lm_head_rows", v.end > v.begin ? nlohmann::json{v.begin, v.end} : nlohmann::json(nullptr)}});
   }
   return {{"pp", p.pp},
           {"tp", p.tp},
@@ -128,8 +154,9 @@ std::vector<std::string> describe_plan(const Plan& p) {
       line += fmt::format(", heads {}-{}, kv heads {}-{}, ffn {}-{}", s.head_begin, s.head_end - 1, s.kv_head_begin,
                           s.kv_head_end - 1, s.ffn_begin, s.ffn_end - 1);
     if (p.stage_of(r) == 0) line += ", embedding";
-    if (p.stage_of(r) == p.pp - 1)
-      line += p.tp > 1 ? fmt::format(", lm_head rows {}-{}", s.vocab_begin, s.vocab_end - 1) : ", lm_head";
+    const VocabRange v = p.vocab_of(r);
+    if (p.world_size() == 1) line += ", lm_head";
+    else if (v.end > v.begin) line += fmt::format(", lm_head rows {}-{}", v.begin, v.end - 1);
     lines.push_back(line);
   }
   return lines;

@@ -18,11 +18,19 @@ struct TpSlice {
   int64_t head_begin = 0, head_end = 0;        // query heads
   int64_t kv_head_begin = 0, kv_head_end = 0;  // kv heads its query heads read (shared ones replicated)
   int64_t ffn_begin = 0, ffn_end = 0;          // intermediate features (multiples of 32 at inner edges)
-  int64_t vocab_begin = 0, vocab_end = 0;      // lm_head rows, on the last stage
 };
 
 struct StageRange {
   int64_t layer_begin = 0, layer_end = 0;
+  // lm_head rows (vocabulary ids) of the stage, split evenly over its TP ranks. The head is
+  // divisible, so it fills up the stages the layers leave light: every stage computes logits
+  // for its rows, and the pipeline is balanced by weight bytes even when the head is as large
+  // as most of the layers (vocabulary parallelism).
+  int64_t vocab_begin = 0, vocab_end = 0;
+};
+
+struct VocabRange {
+  int64_t begin = 0, end = 0;
 };
 
 struct Plan {
@@ -35,13 +43,14 @@ struct Plan {
   int stage_of(int rank) const { return rank / tp; }
   int tp_rank_of(int rank) const { return rank % tp; }
   int rank_of(int stage, int tp_rank) const { return stage * tp + tp_rank; }
+  VocabRange vocab_of(int rank) const;  // lm_head rows of one rank (may be empty)
 };
 
 struct PlanOptions {
   int pp = 1, tp = 1;
-  // Relative capacity of each stage (e.g. memory of its machine); empty = equal. Layers are
-  // assigned so each stage's share of the weights (the lm_head counted on the last stage) is
-  // proportional to its capacity.
+  // Relative capacity of each stage (e.g. memory of its machine); empty = equal. Layers and
+  // lm_head rows are assigned so each stage's share of the weights is proportional to its
+  // capacity.
   std::vector<double> stage_weights;
 };
 

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 
 #include "core/log.h"
 #include "core/process_stats.h"
@@ -16,11 +18,12 @@ ModelSlice slice_of(const Plan& p, int rank) {
   ModelSlice m;
   m.layer_begin = st.layer_begin, m.layer_end = st.layer_end;
   m.embedding = p.stage_of(rank) == 0;
-  m.head = p.stage_of(rank) == p.pp - 1;
+  const VocabRange v = p.vocab_of(rank);
+  m.head = v.end > v.begin;
   m.head_begin = s.head_begin, m.head_end = s.head_end;
   m.kv_head_begin = s.kv_head_begin, m.kv_head_end = s.kv_head_end;
   m.ffn_begin = s.ffn_begin, m.ffn_end = s.ffn_end;
-  m.vocab_begin = s.vocab_begin, m.vocab_end = s.vocab_end;
+  m.vocab_begin = m.head ? v.begin : 0, m.vocab_end = m.head ? v.end : 1;
   return m;
 }
 }  // namespace
@@ -41,7 +44,7 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
                 plan_.world_size(), plan_.pp, plan_.tp, world.size());
   stage_ = plan_.stage_of(world.rank());
   tp_rank_ = plan_.tp_rank_of(world.rank());
-  sampler_rank_ = plan_.rank_of(plan_.pp - 1, 0);
+  last_stage_ = plan_.pp - 1;
   limits_ = {o.max_sequences, o.max_context, int64_t(o.max_sequences) * o.max_context};
   // Every rank takes part in every split, in the same order (the Group contract).
   tp_group_ = world.split(stage_, tp_rank_);
@@ -64,7 +67,8 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   world.all_gather(&blocks, sizeof blocks, all.data());  // also: every rank has loaded
   kv_blocks_ = *std::min_element(all.begin(), all.end());
   cache_ = std::make_unique<KvCache>(transformer_->make_cache(kv_blocks_));
-  if (world.rank() == sampler_rank_) samplers_.assign(size_t(o.max_sequences), Sampler(SamplerOptions{}));
+  if (world.rank() == 0) samplers_.assign(size_t(o.max_sequences), Sampler(SamplerOptions{}));
+  greedy_.assign(size_t(o.max_sequences), 1);
   load_s_ = clock.seconds();
   log_debug("rank {}: loaded in {:.2f} s, KV cache {} blocks ({:.1f} MB)", world.rank(), load_s_, kv_blocks_,
             cache_->bytes() / 1e6);
@@ -81,63 +85,80 @@ void Rank::broadcast(const StepCommand& c, std::span<const WireSegment> segments
 
 void Rank::begin(const StepCommand& c) {
   cache_->release(c.slot);
-  if (world_.rank() == sampler_rank_) samplers_[size_t(c.slot)] = Sampler(SamplerOptions{c.temperature, c.top_p, c.seed});
+  greedy_[size_t(c.slot)] = c.temperature == 0.0f;  // as Sampler decides
+  if (world_.rank() == 0) samplers_[size_t(c.slot)] = Sampler(SamplerOptions{c.temperature, c.top_p, c.seed});
+}
+
+// One row's best logit and its vocabulary id: what a rank sends when only the argmax is needed.
+struct BestLogit {
+  float value;
+  int32_t id;
+};
+static_assert(sizeof(BestLogit) == 8);
+
+void Rank::head_rows(const float* x, std::span<const int64_t> rows, bool greedy) {
+  const int64_t m = int64_t(rows.size()), local = transformer_->local_vocab();
+  std::vector<float> logits(size_t(m * local));
+  transformer_->head(x, rows, logits.data());
+  if (greedy) {  // [m] BestLogit, ids in the whole vocabulary (the lowest wins a tie, as argmax)
+    const int64_t base = plan_.vocab_of(world_.rank()).begin;
+    std::vector<float> best(size_t(m) * 2);
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t id = argmax(logits.data() + i * local, local);
+      BestLogit b{logits[size_t(i * local + id)], int32_t(base + id)};
+      std::memcpy(best.data() + 2 * i, &b, sizeof b);
+    }
+    logits = std::move(best);
+  }
+  if (world_.rank() == 0) own_slices_.push_back(std::move(logits));
+  else timed([&] { world_.send(0, logits.data(), logits.size() * 4); });
+}
+
+void Rank::deferred_head() {
+  if (pending_heads_.empty()) fail("malformed step message from rank 0: a head command with no step waiting for it");
+  Stopwatch clock;
+  const PendingHead p = pending_heads_.front();
+  pending_heads_.pop_front();
+  const int64_t H = config().hidden_size;
+  final_rows_.resize(size_t(p.rows * H));
+  timed([&] { world_.recv(plan_.rank_of(last_stage_, tp_rank_), final_rows_.data(), final_rows_.size() * 4); });
+  rows_.resize(size_t(p.rows));
+  for (int64_t i = 0; i < p.rows; ++i) rows_[size_t(i)] = i;
+  head_rows(final_rows_.data(), rows_, p.greedy);
+  // Part of its step's work, timed as a step of its own (the waiting included, as in run_step).
+  const double sec = clock.seconds();
+  step_s_ += sec;
+  longest_step_s_ = std::max(longest_step_s_, sec);
 }
 
 void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, bool want_logits) {
   Stopwatch clock;
-  const int64_t H = config().hidden_size, V = config().vocab_size;
+  const int64_t H = config().hidden_size;
   segments_.clear();
   rows_.clear();
   int64_t n = 0;
+  bool greedy = !want_logits;
   for (const WireSegment& s : segments) {
     segments_.push_back({s.slot, s.start, s.n_tokens});
     n += s.n_tokens;
-    if (s.sample) rows_.push_back(n - 1);
+    if (s.sample) rows_.push_back(n - 1), greedy = greedy && greedy_[size_t(s.slot)];
   }
   x_.resize(size_t(n * H));
   if (stage_ == 0) transformer_->embed(ids, n, x_.data());
   else timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
   transformer_->run_layers(x_.data(), segments_, *cache_);
-  if (stage_ < plan_.pp - 1) {
+  if (stage_ < last_stage_) {
     timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
+    if (!rows_.empty() && holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});
   } else if (!rows_.empty()) {
-    const int64_t m = int64_t(rows_.size()), local = transformer_->local_vocab();
-    local_logits_.resize(size_t(m * local));
-    transformer_->head(x_.data(), rows_, local_logits_.data());
-    if (tp_rank_ != 0) {
-      timed([&] { tp_group_->send(0, local_logits_.data(), local_logits_.size() * 4); });
-    } else {
-      // Full rows of logits: this rank's vocabulary slice, then every other TP rank's.
-      logits_.resize(size_t(m * V));
-      for (int t = 0; t < plan_.tp; ++t) {
-        const TpSlice& sl = plan_.slices[size_t(t)];
-        const int64_t w = sl.vocab_end - sl.vocab_begin;
-        const float* src = local_logits_.data();
-        if (t > 0) {
-          gathered_.resize(size_t(m * w));
-          timed([&] { tp_group_->recv(t, gathered_.data(), gathered_.size() * 4); });
-          src = gathered_.data();
-        }
-        for (int64_t i = 0; i < m; ++i) std::copy(src + i * w, src + (i + 1) * w, logits_.data() + i * V + sl.vocab_begin);
-      }
-      StepResult result;
-      size_t row = 0;
-      for (const WireSegment& s : segments)
-        if (s.sample) {
-          result.tokens.push_back(samplers_[size_t(s.slot)].sample(logits_.data() + int64_t(row) * V, V));
-          ++row;
-        }
-      if (want_logits) result.logits = logits_;
-      if (world_.rank() == 0) {
-        local_results_.push_back(std::move(result));
-      } else {
-        timed([&] {
-          world_.send(0, result.tokens.data(), result.tokens.size() * 4);
-          if (want_logits) world_.send(0, result.logits.data(), result.logits.size() * 4);
-        });
-      }
-    }
+    // The sampled rows' final activations to the earlier stages' head rows, then this rank's own.
+    final_rows_.resize(rows_.size() * size_t(H));
+    for (size_t i = 0; i < rows_.size(); ++i)
+      std::copy_n(x_.data() + rows_[i] * H, H, final_rows_.data() + i * size_t(H));
+    for (int s = 0; s < last_stage_; ++s)
+      if (holds_head(plan_.rank_of(s, tp_rank_)))
+        timed([&] { world_.send(plan_.rank_of(s, tp_rank_), final_rows_.data(), final_rows_.size() * 4); });
+    if (holds_head(world_.rank())) head_rows(x_.data(), rows_, greedy);
   }
   const double s = clock.seconds();
   step_s_ += s;
@@ -170,35 +191,67 @@ void Rank::issue(std::span<const WireSegment> segments, const int32_t* ids, bool
   c.kind = uint32_t(StepKind::Tokens);
   c.n_segments = uint32_t(segments.size());
   c.want_logits = want_logits;
-  int samples = 0;
+  Expected e;
+  e.want_logits = want_logits;
+  e.greedy = !want_logits;
   for (const WireSegment& s : segments) {
     check_segment(s, 0, limits_);
     c.n_tokens += s.n_tokens;
-    samples += s.sample;
+    if (s.sample) e.slots.push_back(s.slot), e.greedy = e.greedy && greedy_[size_t(s.slot)];
   }
   check_step_command(c, 0, limits_);
   broadcast(c, segments, ids);
   run_step(segments, ids, want_logits);
-  if (samples > 0) expected_.push_back({samples, want_logits});
+  if (!e.slots.empty()) expected_.push_back(std::move(e));
 }
 
 Rank::StepResult Rank::collect() {
   SHARDLM_CHECK(!expected_.empty(), "internal: collect() with no step in flight");
-  auto [count, with_logits] = expected_.front();
+  Expected e = std::move(expected_.front());
   expected_.pop_front();
-  if (sampler_rank_ == 0) {
-    StepResult r = std::move(local_results_.front());
-    local_results_.pop_front();
-    return r;
+  // The earlier stages' head rows of this step (rank 0's own among them).
+  StepCommand head;
+  head.kind = uint32_t(StepKind::Head);
+  for (int r = 1; r < world_.size(); ++r)
+    if (plan_.stage_of(r) < last_stage_ && holds_head(r)) world_.send(r, &head, sizeof head);
+  if (last_stage_ > 0 && holds_head(0)) deferred_head();
+
+  const int64_t m = int64_t(e.slots.size()), V = config().vocab_size;
+  StepResult result;
+  std::vector<BestLogit> best(size_t(m), BestLogit{-std::numeric_limits<float>::infinity(), 0});
+  if (!e.greedy) logits_.resize(size_t(m * V));
+  std::vector<float> received;
+  for (int r = 0; r < world_.size(); ++r) {
+    if (!holds_head(r)) continue;
+    const VocabRange v = plan_.vocab_of(r);
+    const int64_t w = v.end - v.begin;
+    if (r == 0) {
+      received = std::move(own_slices_.front());
+      own_slices_.pop_front();
+    } else {
+      received.resize(size_t(e.greedy ? 2 * m : m * w));
+      world_.recv(r, received.data(), received.size() * 4);
+    }
+    const float* src = received.data();
+    for (int64_t i = 0; i < m; ++i) {
+      if (e.greedy) {
+        BestLogit b;
+        std::memcpy(&b, src + 2 * i, sizeof b);
+        SHARDLM_CHECK(b.id >= v.begin && b.id < v.end, "rank {} sent token id {} outside its rows [{}, {})", r, b.id,
+                      v.begin, v.end);
+        // Ranks come in vocabulary order and a later one wins only with a strictly larger logit:
+        // the lowest id wins a tie, as argmax over the whole row does (id 0 if none is > -inf).
+        if (b.value > best[size_t(i)].value) best[size_t(i)] = b;
+      } else {
+        std::copy(src + i * w, src + (i + 1) * w, logits_.data() + i * V + v.begin);
+      }
+    }
   }
-  StepResult r;
-  r.tokens.resize(size_t(count));
-  world_.recv(sampler_rank_, r.tokens.data(), r.tokens.size() * 4);
-  if (with_logits) {
-    r.logits.resize(size_t(count) * size_t(config().vocab_size));
-    world_.recv(sampler_rank_, r.logits.data(), r.logits.size() * 4);
-  }
-  return r;
+  for (int64_t i = 0; i < m; ++i)
+    result.tokens.push_back(e.greedy ? best[size_t(i)].id
+                                     : samplers_[size_t(e.slots[size_t(i)])].sample(logits_.data() + i * V, V));
+  if (e.want_logits) result.logits = logits_;
+  return result;
 }
 
 nlohmann::json Rank::report() const {
@@ -213,6 +266,7 @@ nlohmann::json Rank::report() const {
           {"tp_rank", tp_rank_},
           {"layers", {s.layer_begin, s.layer_end}},
           {"heads", {s.head_begin, s.head_end}},
+          {"lm_head_rows", s.head ? nlohmann::json{s.vocab_begin, s.vocab_end} : nlohmann::json(nullptr)},
           {"load_s", load_s_},
           {"peak_rss_bytes", peak_rss_bytes()},
           {"weight_bytes", weights_.bytes},
@@ -285,6 +339,9 @@ void Rank::serve() {
         run_step(segments, ids.data(), c.want_logits);
         break;
       }
+      case StepKind::Head:
+        deferred_head();
+        break;
       case StepKind::Report: {
         std::string text = report().dump();
         uint64_t len = text.size();

@@ -6,9 +6,14 @@
 // A step on the rank at (stage s, tensor-parallel index t), for a batch of sequence segments:
 //   stage 0 embeds the tokens; stage s > 0 receives the activations from (s-1, t);
 //   its layers run, all-reducing partial sums over the stage's TP group;
-//   stage s < last sends the activations to (s+1, t); the last stage computes its lm_head rows
-//   for the segments that sample (t > 0 sends them to t = 0), and (last, 0) samples one token per
-//   such segment and sends them to rank 0.
+//   stage s < last sends the activations to (s+1, t).
+// The lm_head is split over every rank (the plan's vocabulary ranges), so the pipeline stays
+// balanced when the head outweighs many layers. The last stage sends the final activations of
+// the rows that sample to (s, t) for every other stage s holding head rows, and computes its own
+// rows at once; the other stages compute theirs when rank 0 asks (a Head command, sent when it
+// collects that step), so their layers for the next micro-batch are not held up. Every rank
+// sends its logits to rank 0, which samples: all of them, or only each row's best (value, id)
+// when every sampled sequence is greedy and no logits are wanted.
 // Rank 0 may issue the next step before the last one's tokens are back: under PP the steps of
 // different micro-batches then occupy different stages at once.
 #pragma once
@@ -77,6 +82,10 @@ class Rank {
   void broadcast(const StepCommand& c, std::span<const WireSegment> segments, const int32_t* ids);
   void begin(const StepCommand& c);
   void run_step(std::span<const WireSegment> segments, const int32_t* ids, bool want_logits);
+  // This rank's lm_head rows for `rows` rows of final activations x: kept (rank 0) or sent to rank 0.
+  void head_rows(const float* x, std::span<const int64_t> rows, bool greedy);
+  void deferred_head();  // a stage before the last: the oldest pending step's head rows
+  bool holds_head(int rank) const { return plan_.vocab_of(rank).end > plan_.vocab_of(rank).begin; }
   template <class F>
   void timed(F&& f);  // runs a communication call, adding its wall time to comm_s_
 
@@ -86,18 +95,28 @@ class Rank {
   std::unique_ptr<comm::Group> tp_group_;
   std::unique_ptr<ModelFiles> files_;
   Plan plan_;
-  int stage_ = 0, tp_rank_ = 0, sampler_rank_ = 0;
+  int stage_ = 0, tp_rank_ = 0, last_stage_ = 0;
   ThreadPool pool_;
   ModelWeights weights_;
   std::unique_ptr<Transformer> transformer_;
   std::unique_ptr<KvCache> cache_;
   int64_t kv_blocks_ = 0;
-  std::vector<Sampler> samplers_;  // per slot, on the sampling rank
-  std::vector<float> x_, local_logits_, logits_, gathered_;
+  std::vector<Sampler> samplers_;  // per slot, on rank 0
+  std::vector<uint8_t> greedy_;    // per slot: temperature 0 (every rank knows, to pick the reply)
+  std::vector<float> x_, final_rows_, logits_;
   std::vector<Segment> segments_;
   std::vector<int64_t> rows_;
-  std::deque<StepResult> local_results_;  // when this rank samples itself
-  std::deque<std::pair<int, bool>> expected_;  // rank 0: (tokens, with logits) of steps in flight
+  struct PendingHead {
+    int64_t rows = 0;
+    bool greedy = false;
+  };
+  std::deque<PendingHead> pending_heads_;      // stages before the last: steps whose head rows wait
+  std::deque<std::vector<float>> own_slices_;  // rank 0: its own head rows of steps in flight
+  struct Expected {
+    std::vector<int32_t> slots;  // of the segments that sample, in order
+    bool want_logits = false, greedy = false;
+  };
+  std::deque<Expected> expected_;  // rank 0: steps in flight
   double load_s_ = 0, step_s_ = 0, comm_s_ = 0, longest_step_s_ = 0;
   int64_t steps_ = 0, tokens_ = 0;
 };

@@ -23,6 +23,7 @@ void check_step_command(const StepCommand& c, int from, const StepLimits& l) {
       return;
     case StepKind::Report:
     case StepKind::Shutdown:
+    case StepKind::Head:
       return;
   }
   fail("malformed step message from rank {}: unknown kind {}", from, c.kind);

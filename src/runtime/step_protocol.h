@@ -5,6 +5,8 @@
 //   End      {slot}               its cache blocks go back to the pool
 //   Tokens   {n_segments, n_tokens} + n_segments x WireSegment (+ n_tokens ids, to stage 0 only)
 //            one step: a batch of sequence segments (decode tokens and prefill chunks)
+//   Head     {}                   compute the lm_head rows of the oldest step that sampled and
+//                                 whose rows this rank has not done (stages before the last)
 //   Report / Shutdown
 #pragma once
 #include <cstdint>
@@ -14,9 +16,9 @@
 namespace shardlm {
 
 constexpr uint32_t kStepMagic = 0x534c4d53;  // "SMLS"
-constexpr uint32_t kStepProtocolVersion = 2;
+constexpr uint32_t kStepProtocolVersion = 3;
 
-enum class StepKind : uint32_t { Begin = 1, End = 2, Tokens = 3, Report = 4, Shutdown = 5 };
+enum class StepKind : uint32_t { Begin = 1, End = 2, Tokens = 3, Report = 4, Shutdown = 5, Head = 6 };
 
 struct StepCommand {
   uint32_t magic = kStepMagic;
@@ -24,7 +26,7 @@ struct StepCommand {
   uint32_t kind = 0;
   int32_t slot = 0;           // Begin, End
   uint32_t n_segments = 0;    // Tokens
-  uint32_t want_logits = 0;   // Tokens: the last stage also sends the logits of the sampled rows
+  uint32_t want_logits = 0;   // Tokens: rank 0 also returns the logits of the sampled rows
   int64_t n_tokens = 0;       // Tokens: sum of the segments' tokens
   float temperature = 0, top_p = 1;  // Begin
   uint64_t seed = 0;                 // Begin

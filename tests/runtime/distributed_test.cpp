@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <fmt/ranges.h>
+
 #include <cmath>
 #include <filesystem>
 #include <thread>
@@ -27,7 +29,17 @@ const char* kPrompt = "<|im_start|>user\nSplit the model over several machines.<
 struct Reference {
   std::vector<int32_t> tokens;
   std::vector<float> logits;
+  std::vector<int32_t> sampled;  // seeded temperature sampling: every logit reaches rank 0
 };
+
+GenerateRequest sampled_request() {
+  GenerateRequest r;
+  r.prompt = kPrompt;
+  r.max_new_tokens = 16;
+  r.stop_at_eos = false;
+  r.sampler = SamplerOptions{0.8f, 0.95f, 5};
+  return r;
+}
 
 const Reference& single_rank(const std::string& model) {
   static std::map<std::string, Reference> cache;
@@ -39,7 +51,7 @@ const Reference& single_rank(const std::string& model) {
   r.max_new_tokens = 32;
   r.stop_at_eos = false;
   GenerateResult g = e.generate(r);
-  return cache[model] = Reference{g.output_ids, g.first_logits};
+  return cache[model] = Reference{g.output_ids, g.first_logits, e.generate(sampled_request()).output_ids};
 }
 
 // Segments of groups this process started (names carry the launcher's pid; other test binaries
@@ -52,13 +64,15 @@ int count_shm_segments() {
   return n;
 }
 
-void check_split(const std::string& model, int pp, int tp, const std::string& backend, const std::string& topology) {
-  SCOPED_TRACE(fmt::format("pp {} tp {} {} {}", pp, tp, backend, topology));
+void check_split(const std::string& model, int pp, int tp, const std::string& backend, const std::string& topology,
+                 std::vector<double> stage_weights = {}) {
+  SCOPED_TRACE(fmt::format("pp {} tp {} {} {} stage weights {}", pp, tp, backend, topology, fmt::join(stage_weights, ",")));
   const Reference& ref = single_rank(model);
   ClusterOptions o;
   o.model_path = model;
   o.pp = pp, o.tp = tp;
   o.backend = backend, o.topology = topology;
+  o.stage_weights = stage_weights;
   o.threads_per_rank = 1;
   o.context = 256;
   o.timeout = std::chrono::seconds(30);
@@ -76,6 +90,9 @@ void check_split(const std::string& model, int pp, int tp, const std::string& ba
     EXPECT_LT(err, 1e-4);
     std::printf("pp %d tp %d %s %s: max relative logit error %.3g\n", pp, tp, backend.c_str(), topology.c_str(), err);
   }
+  // Seeded sampling over the whole distribution: the same tokens where the logits are the same
+  // bits (a random model's nearly flat distribution reorders under TP's last-bit differences).
+  if (tp == 1) EXPECT_EQ(c.generate(sampled_request()).output_ids, ref.sampled) << "seeded sampling differs from one rank";
   nlohmann::json reports = c.rank_reports();
   ASSERT_EQ(int(reports.size()), pp * tp);
   for (int i = 0; i < pp * tp; ++i) {
@@ -103,6 +120,15 @@ TEST(Distributed, EverySplitOverTcpRingMatchesOneRank) {
 
 TEST(Distributed, EverySplitOverTcpMeshMatchesOneRank) {
   for (Split s : kSplits) check_split(test::test_model({}), s.pp, s.tp, "tcp", "mesh");
+}
+
+// The lm_head rows sit where the stage weights put them: only on the first stage (the last stage
+// sends its activations back and computes nothing of the head), or only on the last.
+TEST(Distributed, HeadRowsOnlyOnTheFirstOrOnlyOnTheLastStage) {
+  const std::string model = test::test_model({});
+  check_split(model, 2, 1, "shm", "ring", {100, 1});
+  check_split(model, 3, 1, "shm", "ring", {1, 1, 100});
+  check_split(model, 2, 2, "tcp", "mesh", {100, 1});
 }
 
 TEST(Distributed, Qwen3WithWideHeadsAndTiedHeadSplits) {
