@@ -163,11 +163,12 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
       itl_p99.push_back(percentile(gaps, 0.99));
     }
     json ranks = cluster.rank_reports();
-    double comm = 0;
+    double comm = 0, longest_step = 0;
     int64_t bytes = 0, largest = 0;
     json rss = json::array();
     for (const auto& rank : ranks) {
       comm = std::max(comm, rank["comm_share"].get<double>());
+      longest_step = std::max(longest_step, rank["longest_step_s"].get<double>());
       bytes += rank["bytes_sent"].get<int64_t>();
       largest = std::max(largest, rank["peak_rss_bytes"].get<int64_t>());
       rss.push_back(rank["peak_rss_bytes"]);
@@ -182,6 +183,7 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     r["peak_rss_bytes_per_rank"] = rss;
     r["max_peak_rss_bytes"] = largest;
     r["comm_share"] = comm;
+    r["longest_step_s"] = longest_step;  // of any rank: what chunked prefill bounds
     // Every rank's sends over all runs of the point (warm-up included), per token through the model.
     const int64_t all_tokens = int64_t(f.warmup + f.repeats) * p.batch * (p.prompt + p.gen);
     r["bytes_sent_per_token"] = double(bytes) / double(all_tokens);
@@ -198,7 +200,7 @@ std::vector<std::string> csv_columns() {
   return {"split",         "pp",           "tp",           "backend",      "prompt_tokens", "gen_tokens",
           "batch",         "prefill_chunk", "status",      "load_s",       "ttft_s",        "prefill_tok_s",
           "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s", "max_peak_rss_bytes",
-          "comm_share",    "bytes_sent_per_token", "tokens_generated", "tokens_requested", "reason"};
+          "comm_share",    "longest_step_s", "bytes_sent_per_token", "tokens_generated", "tokens_requested", "reason"};
 }
 
 std::string csv_field(const json& r, const std::string& key) {
@@ -251,26 +253,35 @@ std::vector<std::string> summary(const std::vector<json>& records) {
     by_batch[(*r)["batch"].get<int>()].push_back(r);
     max_prompt = std::max(max_prompt, (*r)["prompt_tokens"].get<int64_t>());
   }
-  for (auto& [batch, rs] : by_batch) {
-    // Per split and backend: the median over prompts of aggregate decode rate.
+  // Per batch size: which split and backend decodes fastest (per sequence, after its prompt) and
+  // which prefills fastest, each the median over the sweep's prompts.
+  auto rank_by = [&](const std::vector<const json*>& rs, const char* field) {
     std::map<std::string, std::vector<double>> rates;
     for (const json* r : rs) {
       std::string name = (*r)["split"].get<std::string>();
       if ((*r)["backend"] != "-") name += " over " + (*r)["backend"].get<std::string>();
-      rates[name].push_back(med(*r, "decode_tok_s_aggregate"));
+      rates[name].push_back(med(*r, field));
     }
     std::vector<std::pair<double, std::string>> ranked;
     for (auto& [name, v] : rates) ranked.push_back({cli::median(v), name});
     std::sort(ranked.rbegin(), ranked.rend());
-    std::string line = fmt::format("for prompts up to {} tokens and batch {}, {} is fastest ({:.1f} tok/s)", max_prompt,
-                                   batch, ranked[0].second, ranked[0].first);
-    if (ranked.size() > 1)
-      line += fmt::format("; then {} ({:.0f}% of it)", ranked[1].second, 100 * ranked[1].first / ranked[0].first);
-    lines.push_back(line);
+    return ranked;
+  };
+  for (auto& [batch, rs] : by_batch) {
+    for (auto [field, verb] : {std::pair{"decode_tok_s_per_seq", "decodes"}, std::pair{"prefill_tok_s", "prefills"}}) {
+      const auto ranked = rank_by(rs, field);
+      if (ranked.empty() || ranked[0].first <= 0) continue;  // e.g. no decode with gen=1
+      std::string line = fmt::format("for prompts up to {} tokens and batch {}, {} {} fastest ({:.1f} tok/s{})",
+                                     max_prompt, batch, ranked[0].second, verb, ranked[0].first,
+                                     std::string(verb) == "decodes" ? " per sequence" : "");
+      if (ranked.size() > 1)
+        line += fmt::format("; then {} ({:.0f}% of it)", ranked[1].second, 100 * ranked[1].first / ranked[0].first);
+      lines.push_back(line);
+    }
   }
   // Cost: the split with the least memory per rank against the fastest one.
   const json* fastest = *std::max_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
-    return med(*a, "decode_tok_s_aggregate") < med(*b, "decode_tok_s_aggregate");
+    return med(*a, "decode_tok_s_aggregate") < med(*b, "decode_tok_s_aggregate");  // end to end
   });
   const json* leanest = *std::min_element(ok.begin(), ok.end(), [](const json* a, const json* b) {
     return (*a)["max_peak_rss_bytes"].get<int64_t>() < (*b)["max_peak_rss_bytes"].get<int64_t>();

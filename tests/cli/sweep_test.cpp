@@ -3,6 +3,8 @@
 // the expected series.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -44,7 +46,7 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
     ASSERT_EQ(r["status"], "ok") << r.value("reason", "");
     for (const char* key : {"machine", "model", "plan", "shardlm_version", "load_s", "ttft_s", "prefill_tok_s",
                             "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s",
-                            "peak_rss_bytes_per_rank", "max_peak_rss_bytes", "comm_share", "bytes_sent_per_token",
+                            "peak_rss_bytes_per_rank", "max_peak_rss_bytes", "comm_share", "longest_step_s", "bytes_sent_per_token",
                             "tokens_generated", "tokens_requested", "repeats", "prompt_tokens", "gen_tokens", "batch"})
       EXPECT_TRUE(r.contains(key)) << key;
     for (const char* key : {"ttft_s", "prefill_tok_s", "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s"}) {
@@ -57,6 +59,9 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
     EXPECT_EQ(r["tokens_generated"], r["tokens_requested"]);
     EXPECT_EQ(r["tokens_generated"].get<int64_t>(), 2 * 2 * 6);  // repeats x batch x gen
     EXPECT_LE(r["itl_p50_s"]["median"].get<double>(), r["itl_p99_s"]["median"].get<double>());
+    // No step is longer than a whole run's prefill plus decode, and some step took time.
+    EXPECT_GT(r["longest_step_s"].get<double>(), 0.0);
+    EXPECT_LE(r["longest_step_s"].get<double>(), r["ttft_s"]["max"].get<double>() + 1.0);
     EXPECT_EQ(r["peak_rss_bytes_per_rank"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
     EXPECT_EQ(r["plan"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
     EXPECT_GT(r["machine"]["read_bandwidth_bytes_s"].get<double>(), 0);
@@ -68,7 +73,8 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
   std::string csv = slurp(out + "/results.csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
   EXPECT_EQ(csv.rfind("split,pp,tp,backend,prompt_tokens", 0), 0u);
-  EXPECT_NE(stdout_text.find("is fastest"), std::string::npos) << stdout_text;
+  EXPECT_NE(stdout_text.find("decodes fastest"), std::string::npos) << stdout_text;
+  EXPECT_NE(stdout_text.find("prefills fastest"), std::string::npos) << stdout_text;
   EXPECT_NE(stderr_text.find("ETA"), std::string::npos);
 
   status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/results.jsonl --out " + out + "/plots",
@@ -104,4 +110,35 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
   status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/junk.jsonl", nullptr, &stderr_text);
   EXPECT_EQ(status, 1);
   EXPECT_NE(stderr_text.find("junk.jsonl:1"), std::string::npos) << stderr_text;
+}
+
+// A sweep over an emulated link records the link and the tcp backend its splits crossed, runs a
+// one-rank point without it, and leaves no namespace behind. Needs root (skips otherwise).
+TEST(Sweep, EmulatedLinkIsRecordedAndRemoved) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces";
+  const std::string out = test::scratch_dir("sweep-link");
+  std::string stdout_text, stderr_text;
+  // `exec` keeps the shell's pid, which names the sweep's namespaces (slmemu<pid>...).
+  int status = test::run_command("sh -c 'echo $$; exec " + test::shardlm_binary() + " bench --model " +
+                                     test::test_model({}) +
+                                     " --sweep \"split=1,pp2;prompt=16;gen=4;batch=1\" --emulate-link 1gbe --repeats 1"
+                                     " --warmup 0 --out " + out + "'",
+                                 &stdout_text, &stderr_text);
+  ASSERT_EQ(status, 0) << stderr_text;
+  std::ifstream in(out + "/results.jsonl");
+  std::vector<json> records;
+  for (std::string line; std::getline(in, line);) records.push_back(json::parse(line));
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0]["split"], "1");
+  EXPECT_FALSE(records[0].contains("link"));
+  EXPECT_EQ(records[1]["split"], "PP2");
+  EXPECT_EQ(records[1]["status"], "ok") << records[1].dump();
+  EXPECT_EQ(records[1]["link"], "1gbe");
+  EXPECT_EQ(records[1]["backend"], "tcp-ring");
+  EXPECT_GT(records[1]["bytes_sent_per_token"].get<double>(), 0.0);
+  const std::string prefix = "slmemu" + std::to_string(std::stoll(stdout_text) % 100000);
+  std::string namespaces;
+  test::run_command("ip netns list", &namespaces);
+  EXPECT_EQ(namespaces.find(prefix + "r"), std::string::npos) << namespaces;
+  EXPECT_EQ(namespaces.find(prefix + "hub"), std::string::npos) << namespaces;
 }
