@@ -40,7 +40,7 @@ TestModelSpec parse_make_model_flags(const std::string& flags) {
 }
 
 std::string test_model(const TestModelSpec& spec) {
-  fs::path root = SHARDLM_TEST_MODELS_DIR;
+  fs::path root = env_or("SHARDLM_TEST_MODELS_DIR", SHARDLM_TEST_MODELS_DIR);
   fs::create_directories(root);
   fs::path dir = root / spec.name();
   fs::path done = dir / ".complete";

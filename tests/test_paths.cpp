@@ -13,7 +13,14 @@ namespace fs = std::filesystem;
 
 namespace shardlm::test {
 
-std::string source_dir() { return SHARDLM_SOURCE_DIR; }
+// The build's own paths; a test binary carried to another machine (the GPU machine) is pointed at
+// its checkout and scratch space with SHARDLM_SOURCE_DIR / SHARDLM_TEST_SCRATCH_DIR.
+std::string env_or(const char* name, const char* fallback) {
+  const char* env = std::getenv(name);
+  return env && *env ? env : fallback;
+}
+
+std::string source_dir() { return env_or("SHARDLM_SOURCE_DIR", SHARDLM_SOURCE_DIR); }
 std::string data_dir() { return source_dir() + "/tests/data"; }
 
 std::string assets_dir() {
@@ -29,10 +36,10 @@ std::string qwen3_tokenizer_dir() {
   return dir;
 }
 
-std::string shardlm_binary() { return SHARDLM_BINARY; }
+std::string shardlm_binary() { return env_or("SHARDLM_BINARY", SHARDLM_BINARY); }
 
 std::string scratch_dir(const std::string& name) {
-  fs::path dir = fs::path(SHARDLM_TEST_SCRATCH_DIR) / name;
+  fs::path dir = fs::path(env_or("SHARDLM_TEST_SCRATCH_DIR", SHARDLM_TEST_SCRATCH_DIR)) / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();

@@ -5,6 +5,10 @@
 
 namespace shardlm::test {
 
+// Each of these build-time paths can be overridden by the environment variable of the same name
+// (SHARDLM_SOURCE_DIR, SHARDLM_BINARY, SHARDLM_TEST_SCRATCH_DIR, SHARDLM_TEST_MODELS_DIR), for a
+// test binary carried to another machine.
+std::string env_or(const char* name, const char* fallback);
 std::string source_dir();
 std::string data_dir();      // tests/data
 std::string assets_dir();    // assets/ (or $SHARDLM_ASSETS); fails the test with a clear message if missing

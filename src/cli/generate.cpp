@@ -166,6 +166,7 @@ void run_generate(GenerateFlags& f) {
                     {"steps", stats.steps},
                     {"max_step_tokens", stats.max_step_tokens},
                     {"max_batch", f.cluster.max_batch},
+                    {"device", f.cluster.device},
                     {"prefill_chunk", f.cluster.prefill_chunk}};
   j["load_s"] = cluster.load_s();
   j["peak_rss_bytes"] = peak_rss_bytes();
@@ -213,6 +214,9 @@ void add_generate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--prefill-chunk", f->cluster.prefill_chunk, "Prompt tokens per step (0: whole prompts)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--device", f->cluster.device, "Where the layers run: cpu, or cuda (rank r on GPU r % GPUs)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--kv-memory", f->kv_memory, "KV cache per rank, e.g. 512M or 4G (default: max-batch x context positions)");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Keep generating past end-of-sequence tokens");

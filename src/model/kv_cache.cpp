@@ -7,15 +7,17 @@
 
 namespace shardlm {
 
-KvCache::KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks)
+KvCache::KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks,
+                 bool host_pools)
     : block_size_(block_size), n_blocks_(n_blocks), n_kv_heads_(n_kv_heads), head_dim_(head_dim),
-      stride_(n_kv_heads * head_dim) {
+      stride_(n_kv_heads * head_dim), host_pools_(host_pools) {
   SHARDLM_CHECK(block_size == ops::kAttentionBlock, "KV cache blocks must hold {} positions", ops::kAttentionBlock);
   SHARDLM_CHECK(block_size > 0 && n_blocks > 0, "KV cache needs at least one block (got {} of {} positions)", n_blocks,
                 block_size);
   for (auto* side : {&k_, &v_}) {
     side->resize(size_t(n_layers));
-    for (auto& layer : *side) layer.resize(size_t(n_blocks * block_size * stride_));
+    if (host_pools)
+      for (auto& layer : *side) layer.resize(size_t(n_blocks * block_size * stride_));
   }
   // Lowest ids first, so a short run touches only the start of the pool.
   for (int64_t b = n_blocks - 1; b >= 0; --b) free_.push_back(int32_t(b));
@@ -60,6 +62,7 @@ const std::vector<int32_t>& KvCache::blocks(int slot) const {
 }
 
 void KvCache::store(int64_t layer, int slot, int64_t pos, const float* k, const float* v) {
+  SHARDLM_CHECK(host_pools_, "internal: storing into a KV cache whose values live on the device");
   const int32_t block = tables_[size_t(slot)][size_t(pos / block_size_)];
   const int64_t offset = block * block_size_ * stride_;
   ops::store_kv(k_[size_t(layer)].data() + offset, v_[size_t(layer)].data() + offset, pos % block_size_, k, v,

@@ -14,7 +14,10 @@ namespace shardlm {
 
 class KvCache {
  public:
-  KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks);
+  // host_pools = false keeps only the block bookkeeping (tables, free list): the values live
+  // elsewhere (device memory), laid out by the same block ids.
+  KvCache(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size, int64_t n_blocks,
+          bool host_pools = true);
 
   // Bytes one block costs on this rank (K and V, every layer it holds).
   static int64_t block_bytes(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_size);
@@ -39,10 +42,11 @@ class KvCache {
   // The layer's whole pool: block b starts at b * block_size * position_stride floats.
   const float* k_pool(int64_t layer) const { return k_[size_t(layer)].data(); }
   const float* v_pool(int64_t layer) const { return v_[size_t(layer)].data(); }
-  int64_t bytes() const { return int64_t(k_.size()) * 2 * n_blocks_ * block_size_ * stride_ * 4; }
+  int64_t bytes() const { return host_pools_ ? int64_t(k_.size()) * 2 * n_blocks_ * block_size_ * stride_ * 4 : 0; }
 
  private:
   int64_t block_size_, n_blocks_, n_kv_heads_, head_dim_, stride_;
+  bool host_pools_;
   std::vector<std::vector<float>> k_, v_;  // [layer] -> n_blocks * block_size * stride
   std::vector<int32_t> free_;              // free block ids (taken from the back)
   std::vector<std::vector<int32_t>> tables_;  // [slot] -> blocks

@@ -17,7 +17,7 @@ Transformer::Transformer(const ModelWeights& weights, ThreadPool& pool)
       n_kv_heads_(weights.slice.kv_head_end - weights.slice.kv_head_begin),
       ffn_(weights.slice.ffn_end - weights.slice.ffn_begin) {}
 
-KvCache Transformer::make_cache(int64_t blocks) const {
+KvCache Transformer::make_cache(int64_t blocks) {
   return KvCache(int64_t(w_.layers.size()), n_kv_heads_, config().head_dim, KvCache::kDefaultBlockSize, blocks);
 }
 
@@ -41,15 +41,7 @@ void Transformer::reserve(int64_t n) {
   scratch_tokens_ = n;
 }
 
-void Transformer::embed(const int32_t* tokens, int64_t n, float* x) const {
-  const TensorView& e = w_.embedding;
-  const int64_t H = config().hidden_size;
-  for (int64_t t = 0; t < n; ++t) {
-    SHARDLM_CHECK(tokens[t] >= 0 && tokens[t] < config().vocab_size, "token id {} is outside the vocabulary (size {})",
-                  tokens[t], config().vocab_size);
-    to_f32(e.dtype, e.row(tokens[t]), x + t * H, H);
-  }
-}
+void Transformer::embed(const int32_t* tokens, int64_t n, float* x) const { embed_tokens(w_, tokens, n, x); }
 
 void Transformer::project_and_add(const WeightMatrix& w, const float* a, int64_t n, float* x) {
   if (!w_.tensor_parallel) {

@@ -11,43 +11,25 @@
 
 #include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
+#include "model/forward_pass.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
 namespace shardlm {
 
-// Tokens [start, start + n_tokens) of the sequence in cache slot `slot`.
-struct Segment {
-  int32_t slot = 0;
-  int64_t start = 0;
-  int64_t n_tokens = 0;
-};
-
-class Transformer {
+class Transformer : public ForwardPass {
  public:
   Transformer(const ModelWeights& weights, ThreadPool& pool);
 
-  // Tensor parallel: sums partial layer outputs over the ranks of this stage (in place, identical
-  // result on every rank). Required when the weights are a tensor-parallel slice.
-  using AllReduce = std::function<void(float* data, int64_t count)>;
-  void set_all_reduce(AllReduce fn) { all_reduce_ = std::move(fn); }
-
-  const ModelConfig& config() const { return w_.config; }
+  void set_all_reduce(AllReduce fn) override { all_reduce_ = std::move(fn); }
+  const ModelConfig& config() const override { return w_.config; }
   const ModelWeights& weights() const { return w_; }
-  // A KV cache for this rank's layers: `blocks` blocks of KvCache::kDefaultBlockSize positions.
-  KvCache make_cache(int64_t blocks) const;
-  // Bytes one cache block costs on this rank.
-  int64_t cache_block_bytes() const;
-  // Logits this rank computes: lm_head rows vocab_begin..vocab_end.
-  int64_t local_vocab() const { return w_.slice.vocab_end - w_.slice.vocab_begin; }
-
-  // Token ids -> hidden states x [n][hidden] (first stage).
-  void embed(const int32_t* tokens, int64_t n, float* x) const;
-  // Runs this rank's layers on x [total tokens][hidden] in place. The segments' tokens are the
-  // rows of x in order; their keys/values go into the cache (reserved here, growing each sequence).
-  void run_layers(float* x, std::span<const Segment> segments, KvCache& cache);
-  // Final norm and lm_head on the given rows of x (last stage): logits [rows][local_vocab()].
-  void head(const float* x, std::span<const int64_t> rows, float* logits);
+  int64_t cache_block_bytes() const override;
+  KvCache make_cache(int64_t blocks) override;
+  int64_t local_vocab() const override { return w_.slice.vocab_end - w_.slice.vocab_begin; }
+  void embed(const int32_t* tokens, int64_t n, float* x) const override;
+  void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) override;
+  void head(const float* x, std::span<const int64_t> rows, float* logits) override;
 
   // One sequence in slot 0 on a rank holding the whole model: logits of the last of the n tokens.
   void forward(const int32_t* tokens, int64_t n, int64_t start, KvCache& cache, float* logits);

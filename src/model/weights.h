@@ -50,6 +50,10 @@ struct ModelWeights {
 // Throws Error naming the tensor.
 ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {});
 
+// Token ids -> hidden states x [n][hidden] (f32) from the embedding; throws Error on an id
+// outside the vocabulary.
+void embed_tokens(const ModelWeights& w, const int32_t* tokens, int64_t n, float* x);
+
 // Reads every page of the slice's tensors once (threads in parallel) so load time is paid at
 // load, not by the first token.
 void prefault_weights(const ModelWeights& w, int threads);

@@ -88,6 +88,7 @@ void Cluster::start(const ClusterOptions& o) {
   ro.max_context = context_;
   ro.max_sequences = o.max_batch;
   ro.kv_memory = o.kv_memory;
+  ro.device = o.device;
 
   if (o.backend == "mpi") {
     comm::GroupSpec spec;
@@ -131,6 +132,12 @@ void Cluster::start(const ClusterOptions& o) {
 
 void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
   const int world = o.pp * o.tp;
+  // A process forked from one that has used CUDA cannot use it (cudaSetDevice fails with
+  // "initialization error"); rank 0 runs in this process, so a second GPU cluster here would fail
+  // in its children. Say so before forking. (Ranks started by exec would lift this.)
+  SHARDLM_CHECK(o.device != "cuda" || !cuda_used_in_this_process(),
+                "--device cuda: this process has already run ranks on the GPU, and ranks forked from it cannot use "
+                "it; start one multi-rank GPU run per process");
   comm::LocalGroup group =
       comm::prepare_local_group(o.backend, o.topology, world, o.secret.empty() ? random_secret() : o.secret, o.timeout);
   if (o.network) {
@@ -197,7 +204,8 @@ void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
   const nlohmann::json job = {{"model", o.model_path},   {"pp", o.pp},
                               {"tp", o.tp},              {"stage_weights", o.stage_weights},
                               {"context", context_},     {"threads", o.threads_per_rank},
-                              {"topology", o.topology},  {"timeout_ms", int64_t(o.timeout.count())}};
+                              {"topology", o.topology},  {"timeout_ms", int64_t(o.timeout.count())},
+                              {"device", o.device}};
   std::vector<std::string> endpoints(static_cast<size_t>(world));
   for (int r = 1; r < world; ++r) {
     workers_.push_back(connect_to_worker(hosts[size_t(r)], o.secret, o.timeout));

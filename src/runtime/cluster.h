@@ -32,6 +32,7 @@ struct ClusterOptions {
   int max_batch = 1;              // sequences decoding together
   int64_t prefill_chunk = 256;    // prompt tokens per step (0: whole prompts)
   int64_t kv_memory = 0;          // KV cache bytes per rank; 0: max_batch x context positions
+  std::string device = "cpu";     // cpu or cuda (rank r on GPU r % GPUs of its host)
   std::chrono::milliseconds timeout = comm::kDefaultTimeout;
   std::string hosts_file;         // tcp over `shardlm worker`s: JSON list of "host:port", rank order
   std::string secret;             // cluster secret for tcp (generated for local runs when empty)

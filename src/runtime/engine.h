@@ -14,6 +14,7 @@ struct EngineOptions {
   int max_batch = 1;
   int64_t prefill_chunk = 256;
   int64_t kv_memory = 0;
+  std::string device = "cpu";  // cpu or cuda
 };
 
 class Engine {
@@ -46,6 +47,7 @@ class Engine {
     c.max_batch = o.max_batch;
     c.prefill_chunk = o.prefill_chunk;
     c.kv_memory = o.kv_memory;
+    c.device = o.device;
     return c;
   }
   Cluster cluster_;

@@ -8,6 +8,9 @@
 
 #include "core/log.h"
 #include "core/process_stats.h"
+#if SHARDLM_HAVE_CUDA
+#include "model/cuda/cuda_transformer.h"
+#endif
 
 namespace shardlm {
 
@@ -27,6 +30,26 @@ ModelSlice slice_of(const Plan& p, int rank) {
   return m;
 }
 }  // namespace
+
+namespace {
+bool cuda_used = false;
+}
+
+bool cuda_used_in_this_process() { return cuda_used; }
+
+static std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const ModelWeights& w, ThreadPool& pool,
+                                                      int rank) {
+  if (device == "cpu") return std::make_unique<Transformer>(w, pool);
+  if (device == "cuda") {
+#if SHARDLM_HAVE_CUDA
+    cuda_used = true;
+    return std::make_unique<CudaTransformer>(w, rank);
+#else
+    fail("--device cuda: this shardlm was built without CUDA (nvcc was not found when it was configured)");
+#endif
+  }
+  fail("unknown --device '{}' (expected cpu or cuda)", device);
+}
 
 template <class F>
 void Rank::timed(F&& f) {
@@ -50,7 +73,7 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   tp_group_ = world.split(stage_, tp_rank_);
   weights_ = load_weights(*files_, slice_of(plan_, world.rank()));
   prefault_weights(weights_, pool_.size());
-  transformer_ = std::make_unique<Transformer>(weights_, pool_);
+  transformer_ = make_forward_pass(o.device, weights_, pool_, world.rank());
   if (plan_.tp > 1) {
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });

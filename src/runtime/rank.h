@@ -41,7 +41,11 @@ struct RankOptions {
   int64_t max_context = 4096;  // positions of one sequence
   int max_sequences = 1;       // sequences live at once (cache slots)
   int64_t kv_memory = 0;       // bytes of KV cache per rank; 0: max_sequences x max_context positions
+  std::string device = "cpu";  // cpu, or cuda (each rank on GPU rank % GPUs)
 };
+
+// True once this process has put a rank on a GPU (always false in a build without CUDA).
+bool cuda_used_in_this_process();
 
 class Rank {
  public:
@@ -98,7 +102,7 @@ class Rank {
   int stage_ = 0, tp_rank_ = 0, last_stage_ = 0;
   ThreadPool pool_;
   ModelWeights weights_;
-  std::unique_ptr<Transformer> transformer_;
+  std::unique_ptr<ForwardPass> transformer_;
   std::unique_ptr<KvCache> cache_;
   int64_t kv_blocks_ = 0;
   std::vector<Sampler> samplers_;  // per slot, on rank 0

@@ -37,6 +37,7 @@ void run_job(ControlLink& link, const WorkerOptions& o, const std::string& liste
   ro.plan.pp = field<int>(job, "pp", link.peer());
   ro.plan.tp = field<int>(job, "tp", link.peer());
   ro.plan.stage_weights = field<std::vector<double>>(job, "stage_weights", link.peer());
+  ro.device = field<std::string>(job, "device", link.peer());
   ro.max_context = field<int64_t>(job, "context", link.peer());
   const int rank = field<int>(job, "rank", link.peer()), world = ro.plan.pp * ro.plan.tp;
   const int threads = field<int>(job, "threads", link.peer());

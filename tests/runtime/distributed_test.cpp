@@ -92,7 +92,9 @@ void check_split(const std::string& model, int pp, int tp, const std::string& ba
   }
   // Seeded sampling over the whole distribution: the same tokens where the logits are the same
   // bits (a random model's nearly flat distribution reorders under TP's last-bit differences).
-  if (tp == 1) EXPECT_EQ(c.generate(sampled_request()).output_ids, ref.sampled) << "seeded sampling differs from one rank";
+  if (tp == 1) {
+    EXPECT_EQ(c.generate(sampled_request()).output_ids, ref.sampled) << "seeded sampling differs from one rank";
+  }
   nlohmann::json reports = c.rank_reports();
   ASSERT_EQ(int(reports.size()), pp * tp);
   for (int i = 0; i < pp * tp; ++i) {

@@ -1,0 +1,112 @@
+// Row-wise and element-wise operations: RMSNorm, RoPE, SwiGLU, add, and the KV cache store.
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/ops.h"
+
+namespace shardlm::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// One block per row: sum of squares by the block, then scale.
+__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+  const float* xr = x + blockIdx.x * dim;
+  float* yr = y + blockIdx.x * dim;
+  float s = 0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    s = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x == 0) partial[0] = s;
+  }
+  __syncthreads();
+  const float scale = 1.0f / sqrtf(partial[0] / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * scale);
+}
+
+// One thread per (token, head, pair).
+__global__ void rope_kernel(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+                            const float* inv_freq, bool adjacent) {
+  const int64_t half = head_dim / 2;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n_tokens * n_heads * half) return;
+  const int64_t i = idx % half, th = idx / half, t = th / n_heads;
+  float* v = x + th * head_dim;
+  const float angle = float(positions[t]) * inv_freq[i];  // f32 product, as on the CPU
+  float s, c;
+  sincosf(angle, &s, &c);
+  const int64_t a = adjacent ? 2 * i : i, b = adjacent ? 2 * i + 1 : i + half;
+  const float x0 = v[a], x1 = v[b];
+  v[a] = x0 * c - x1 * s;
+  v[b] = x1 * c + x0 * s;
+}
+
+__global__ void swiglu_kernel(const float* gate, const float* up, float* out, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i];
+}
+
+// One block per token; threads over its kv heads x head_dim values.
+__global__ void store_kv_kernel(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
+                                const int32_t* table_offset, const int32_t* pos, KvShape shape) {
+  const int64_t t = blockIdx.x, p = pos[t], row = p % shape.block_size;
+  const int64_t block = tables[table_offset[t] + p / shape.block_size];
+  const int64_t per_token = shape.n_kv_heads * shape.head_dim;
+  for (int64_t i = threadIdx.x; i < per_token; i += blockDim.x) {
+    const int64_t h = i / shape.head_dim, d = i % shape.head_dim;
+    const int64_t at = ((block * shape.n_kv_heads + h) * shape.block_size + row) * shape.head_dim + d;
+    k_pool[at] = k[t * per_token + i];
+    v_pool[at] = v[t * per_token + i];
+  }
+}
+
+}  // namespace
+
+void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s) {
+  if (n == 0) return;
+  rmsnorm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, weight, y, dim, eps);
+  detail::check_launch("rmsnorm");
+}
+
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq, bool adjacent_pairs, Stream s) {
+  const int64_t n = n_tokens * n_heads * (head_dim / 2);
+  if (n == 0) return;
+  rope_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, n_tokens, n_heads, head_dim, positions, inv_freq,
+                                                                    adjacent_pairs);
+  detail::check_launch("rope");
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s) {
+  if (n == 0) return;
+  swiglu_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(gate, up, out, n);
+  detail::check_launch("swiglu");
+}
+
+void add(float* x, const float* y, int64_t n, Stream s) {
+  if (n == 0) return;
+  add_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
+  detail::check_launch("add");
+}
+
+void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
+              const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s) {
+  if (n_tokens == 0) return;
+  store_kv_kernel<<<unsigned(n_tokens), 128, 0, s>>>(k_pool, v_pool, k, v, tables, table_offset, pos, shape);
+  detail::check_launch("store_kv");
+}
+
+}  // namespace shardlm::cuda

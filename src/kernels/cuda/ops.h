@@ -1,0 +1,56 @@
+// The operations of a Llama-family layer on an NVIDIA GPU, callable from plain C++ (no CUDA
+// headers here). Every pointer is device memory; activations are f32 [tokens][features] as on
+// the CPU (kernels/cpu/ops.h), so the two paths are checked against each other op by op.
+// Calls are asynchronous on `stream`; errors of the launch throw shardlm::Error.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+struct CUstream_st;
+
+namespace shardlm::cuda {
+
+using Stream = CUstream_st*;  // = cudaStream_t
+
+// y[t] = x[t] / rms(x[t]) * weight for n rows of `dim` (y may alias x).
+void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s);
+// Rotates each head of x [n_tokens][n_heads][head_dim] by its token's position (as ops::rope).
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq, bool adjacent_pairs, Stream s);
+// out = silu(gate) * up (out may alias gate).
+void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s);
+// x += y.
+void add(float* x, const float* y, int64_t n, Stream s);
+
+// A weight matrix in device memory, rows of `cols` back to back: f32 or bf16.
+struct DeviceMatrix {
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0, cols = 0;
+};
+// y [M][rows] (+)= x [M][cols] W^T: one warp per weight row streams it once for up to 8 rows of x
+// (a decode step reads every weight once); larger M runs in passes of 8.
+void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s);
+
+// Paged KV cache of one layer: block b of the K pool and of the V pool is
+// [local kv head][block_size][head_dim] floats. Token t of a step sits at position pos[t] of its
+// sequence, whose block ids start at tables + table_offset[t].
+struct KvShape {
+  int64_t n_kv_heads = 0, head_dim = 0, block_size = 16;
+};
+void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
+              const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s);
+
+// Causal attention for n_tokens query tokens [n][n_heads][head_dim]: token t sees positions
+// 0..pos[t] of its sequence. Local query head h is model head head_offset + h and reads local kv
+// head (head_offset + h) / group - kv_head_offset.
+struct AttentionShape {
+  int64_t n_heads = 0, group = 1, head_offset = 0, kv_head_offset = 0;
+  KvShape kv;
+};
+void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionShape shape, float* out,
+               Stream s);
+
+}  // namespace shardlm::cuda

@@ -1,0 +1,229 @@
+// The layer loop of model/transformer.cpp with kernels/cuda in place of kernels/cpu; read the two
+// side by side. Weights and the KV cache stay on the device; x crosses PCIe once per call.
+#include "model/cuda/cuda_transformer.h"
+
+#include <cuda_runtime_api.h>
+
+#include "core/error.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/ops.h"
+#include "model/rope.h"
+
+namespace shardlm {
+
+using cuda::DeviceBuffer;
+using cuda::DeviceMatrix;
+
+namespace {
+
+struct DeviceLayer {
+  DeviceBuffer attn_norm, mlp_norm, q_norm, k_norm;
+  DeviceMatrix q, k, v, o, gate, up, down;
+};
+
+}  // namespace
+
+struct CudaTransformer::Impl {
+  cudaStream_t stream = nullptr;
+  std::vector<DeviceBuffer> weights;  // every matrix's memory
+  std::vector<DeviceLayer> layers;
+  DeviceBuffer final_norm, inv_freq;
+  DeviceMatrix lm_head;
+  std::vector<DeviceBuffer> k_pools, v_pools;  // per layer
+  int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
+  // Scratch, grown on demand.
+  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits;
+  std::vector<float> host_partial;
+  std::vector<int32_t> host_tables, host_offsets, host_positions;
+
+  ~Impl() {
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  template <class T>
+  void upload(DeviceBuffer& dst, const T* src, size_t count) {
+    dst.grow(count * sizeof(T));
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, count * sizeof(T), cudaMemcpyHostToDevice, stream));
+  }
+  DeviceBuffer upload_vector(const std::vector<float>& v) {
+    DeviceBuffer b;
+    if (!v.empty()) upload(b, v.data(), v.size());
+    return b;
+  }
+  // f32 and bf16 rows as they are (a column slice's stride dropped); other dtypes widened to f32.
+  DeviceMatrix upload_matrix(const WeightMatrix& m) {
+    if (!m.data || m.rows == 0) return {};
+    const bool as_is = m.dtype == DType::F32 || m.dtype == DType::BF16;
+    const DType dtype = as_is ? m.dtype : DType::F32;
+    const int64_t row_bytes = dtype_bytes(dtype, m.cols);
+    DeviceBuffer& b = weights.emplace_back(size_t(row_bytes * m.rows));
+    if (as_is) {
+      SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get(), size_t(row_bytes), m.data, size_t(m.row_stride), size_t(row_bytes),
+                                      size_t(m.rows), cudaMemcpyHostToDevice));
+    } else {
+      std::vector<float> rows(size_t(m.cols) * 256);
+      for (int64_t r0 = 0; r0 < m.rows; r0 += 256) {
+        const int64_t nr = std::min<int64_t>(256, m.rows - r0);
+        for (int64_t r = 0; r < nr; ++r) to_f32(m.dtype, m.data + (r0 + r) * m.row_stride, rows.data() + r * m.cols, m.cols);
+        SHARDLM_CUDA_CHECK(cudaMemcpy(b.get<uint8_t>() + r0 * row_bytes, rows.data(), size_t(nr * row_bytes),
+                                      cudaMemcpyHostToDevice));
+      }
+    }
+    return {dtype, b.get(), m.rows, m.cols};
+  }
+};
+
+CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_(std::make_unique<Impl>()) {
+  int count = 0;
+  SHARDLM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  SHARDLM_CHECK(count > 0, "--device cuda: no CUDA device is visible");
+  device_ = rank % count;
+  SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+  Impl& d = *impl_;
+  SHARDLM_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
+  d.n_heads = w.slice.head_end - w.slice.head_begin;
+  d.n_kv_heads = w.slice.kv_head_end - w.slice.kv_head_begin;
+  d.ffn = w.slice.ffn_end - w.slice.ffn_begin;
+  for (const LayerWeights& L : w.layers) {
+    DeviceLayer& D = d.layers.emplace_back();
+    D.attn_norm = d.upload_vector(L.attn_norm);
+    D.mlp_norm = d.upload_vector(L.mlp_norm);
+    D.q_norm = d.upload_vector(L.q_norm);
+    D.k_norm = d.upload_vector(L.k_norm);
+    D.q = d.upload_matrix(L.q), D.k = d.upload_matrix(L.k), D.v = d.upload_matrix(L.v), D.o = d.upload_matrix(L.o);
+    D.gate = d.upload_matrix(L.gate), D.up = d.upload_matrix(L.up), D.down = d.upload_matrix(L.down);
+  }
+  if (w.slice.head) {
+    d.final_norm = d.upload_vector(w.final_norm);
+    d.lm_head = d.upload_matrix(w.lm_head);
+  }
+  d.inv_freq = d.upload_vector(rope_inverse_frequencies(w.config));
+  SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+}
+
+CudaTransformer::~CudaTransformer() = default;
+
+int64_t CudaTransformer::cache_block_bytes() const {
+  return KvCache::block_bytes(int64_t(w_.layers.size()), impl_->n_kv_heads, config().head_dim, KvCache::kDefaultBlockSize);
+}
+
+KvCache CudaTransformer::make_cache(int64_t blocks) {
+  Impl& d = *impl_;
+  const size_t layer_bytes = size_t(blocks * KvCache::kDefaultBlockSize * d.n_kv_heads * config().head_dim) * 4;
+  d.k_pools.clear();
+  d.v_pools.clear();
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    d.k_pools.emplace_back(layer_bytes);
+    d.v_pools.emplace_back(layer_bytes);
+  }
+  return KvCache(int64_t(w_.layers.size()), d.n_kv_heads, config().head_dim, KvCache::kDefaultBlockSize, blocks,
+                 /*host_pools=*/false);
+}
+
+int64_t CudaTransformer::device_bytes() const {
+  int64_t total = 0;
+  for (const DeviceBuffer& b : impl_->weights) total += int64_t(b.bytes());
+  for (const auto* pools : {&impl_->k_pools, &impl_->v_pools})
+    for (const DeviceBuffer& b : *pools) total += int64_t(b.bytes());
+  return total;
+}
+
+void CudaTransformer::embed(const int32_t* tokens, int64_t n, float* x) const { embed_tokens(w_, tokens, n, x); }
+
+void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+  Impl& d = *impl_;
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, D = c.head_dim, q_dim = d.n_heads * D, kv_dim = d.n_kv_heads * D;
+  const float eps = float(c.rms_norm_eps);
+  const cudaStream_t s = d.stream;
+  // Where each token's keys and values go: its position and its sequence's block table.
+  d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
+  for (const Segment& seg : segments) {
+    SHARDLM_CHECK(seg.n_tokens > 0 && seg.start >= 0 && seg.start + seg.n_tokens <= c.max_position_embeddings,
+                  "positions {}..{} are outside the model's {} positions", seg.start, seg.start + seg.n_tokens - 1,
+                  c.max_position_embeddings);
+    cache.reserve(seg.slot, seg.start + seg.n_tokens);
+    const int32_t offset = int32_t(d.host_tables.size());
+    const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
+    d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
+    for (int64_t i = 0; i < seg.n_tokens; ++i) {
+      d.host_offsets.push_back(offset);
+      d.host_positions.push_back(int32_t(seg.start + i));
+    }
+  }
+  const int64_t n = int64_t(d.host_positions.size());
+  d.upload(d.tables, d.host_tables.data(), d.host_tables.size());
+  d.upload(d.offsets, d.host_offsets.data(), d.host_offsets.size());
+  d.upload(d.positions, d.host_positions.data(), d.host_positions.size());
+  d.upload(d.x, x, size_t(n * H));
+  for (DeviceBuffer* b : {&d.h, &d.partial}) b->grow(size_t(n * H) * 4);
+  for (DeviceBuffer* b : {&d.q, &d.attn}) b->grow(size_t(n * q_dim) * 4);
+  for (DeviceBuffer* b : {&d.k, &d.v}) b->grow(size_t(n * kv_dim) * 4);
+  for (DeviceBuffer* b : {&d.gate, &d.up}) b->grow(size_t(n * d.ffn) * 4);
+  float* dx = d.x.get<float>();
+
+  // x += W a, summed over the stage's TP ranks when this rank holds a slice.
+  auto project_and_add = [&](const DeviceMatrix& m, const float* a) {
+    if (!w_.tensor_parallel) {
+      cuda::matmul(a, n, m, dx, /*accumulate=*/true, s);
+      return;
+    }
+    SHARDLM_CHECK(bool(all_reduce_), "internal: tensor-parallel weights without an all-reduce");
+    cuda::matmul(a, n, m, d.partial.get<float>(), false, s);
+    d.host_partial.resize(size_t(n * H));
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.host_partial.data(), d.partial.get(), size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
+    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
+    all_reduce_(d.host_partial.data(), n * H);
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.partial.get(), d.host_partial.data(), size_t(n * H) * 4, cudaMemcpyHostToDevice, s));
+    cuda::add(dx, d.partial.get<float>(), n * H, s);
+  };
+  const bool adjacent = c.rope_style == RopeStyle::Adjacent;
+  const cuda::KvShape kv_shape{d.n_kv_heads, D, KvCache::kDefaultBlockSize};
+  const cuda::AttentionShape shape{d.n_heads, c.num_heads / c.num_kv_heads, w_.slice.head_begin, w_.slice.kv_head_begin,
+                                   kv_shape};
+  float *h = d.h.get<float>(), *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
+  const int32_t *tables = d.tables.get<int32_t>(), *offsets = d.offsets.get<int32_t>(), *pos = d.positions.get<int32_t>();
+  for (size_t l = 0; l < d.layers.size(); ++l) {
+    const DeviceLayer& L = d.layers[l];
+    cuda::rmsnorm(dx, L.attn_norm.get<float>(), h, n, H, eps, s);
+    cuda::matmul(h, n, L.q, q, false, s);
+    cuda::matmul(h, n, L.k, k, false, s);
+    cuda::matmul(h, n, L.v, v, false, s);
+    if (L.q_norm.bytes()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
+      cuda::rmsnorm(q, L.q_norm.get<float>(), q, n * d.n_heads, D, eps, s);
+      cuda::rmsnorm(k, L.k_norm.get<float>(), k, n * d.n_kv_heads, D, eps, s);
+    }
+    cuda::rope(q, n, d.n_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
+    cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
+    float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
+    cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
+    cuda::attention(q, k_pool, v_pool, tables, offsets, pos, n, shape, d.attn.get<float>(), s);
+    project_and_add(L.o, d.attn.get<float>());
+
+    cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
+    cuda::matmul(h, n, L.gate, d.gate.get<float>(), false, s);
+    cuda::matmul(h, n, L.up, d.up.get<float>(), false, s);
+    cuda::swiglu(d.gate.get<float>(), d.up.get<float>(), d.gate.get<float>(), n * d.ffn, s);
+    project_and_add(L.down, d.gate.get<float>());
+  }
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(x, dx, size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
+  SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void CudaTransformer::head(const float* x, std::span<const int64_t> rows, float* logits) {
+  Impl& d = *impl_;
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, m = int64_t(rows.size()), V = local_vocab();
+  if (m == 0) return;
+  d.host_partial.resize(size_t(m * H));
+  for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * H, H, d.host_partial.data() + i * H);
+  d.upload(d.h, d.host_partial.data(), size_t(m * H));
+  cuda::rmsnorm(d.h.get<float>(), d.final_norm.get<float>(), d.h.get<float>(), m, H, float(c.rms_norm_eps), d.stream);
+  d.logits.grow(size_t(m * V) * 4);
+  cuda::matmul(d.h.get<float>(), m, d.lm_head, d.logits.get<float>(), false, d.stream);
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(logits, d.logits.get(), size_t(m * V) * 4, cudaMemcpyDeviceToHost, d.stream));
+  SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+}
+
+}  // namespace shardlm

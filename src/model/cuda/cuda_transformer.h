@@ -1,0 +1,41 @@
+// The forward pass of model/transformer.h on one NVIDIA GPU: the rank's weights are copied to the
+// device once (f32 and bf16 as they are; f16 widened to f32), the KV cache lives on the device
+// under the same block ids as the host bookkeeping, and each call moves only the activations
+// across PCIe. Tensor-parallel partial sums go through the host all-reduce of the runtime
+// (NCCL, which keeps them on the device, is the next step).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "model/forward_pass.h"
+#include "model/weights.h"
+
+namespace shardlm {
+
+class CudaTransformer : public ForwardPass {
+ public:
+  // Runs on GPU rank % device count.
+  CudaTransformer(const ModelWeights& weights, int rank);
+  ~CudaTransformer() override;
+
+  void set_all_reduce(AllReduce fn) override { all_reduce_ = std::move(fn); }
+  const ModelConfig& config() const override { return w_.config; }
+  int64_t cache_block_bytes() const override;
+  KvCache make_cache(int64_t blocks) override;
+  int64_t local_vocab() const override { return w_.slice.vocab_end - w_.slice.vocab_begin; }
+  void embed(const int32_t* tokens, int64_t n, float* x) const override;
+  void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) override;
+  void head(const float* x, std::span<const int64_t> rows, float* logits) override;
+
+  int device() const { return device_; }
+  int64_t device_bytes() const;  // weights and KV cache on the GPU
+
+ private:
+  struct Impl;
+  const ModelWeights& w_;
+  AllReduce all_reduce_;
+  int device_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardlm

@@ -1,0 +1,47 @@
+// What a rank's runtime needs of a model slice, whatever runs it: the CPU Transformer
+// (model/transformer.h) or the CUDA one (model/cuda/). Activations cross this interface as host
+// f32 [tokens][hidden], so the comm backends and the scheduler are the same for both.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+
+#include "formats/model_config.h"
+#include "model/kv_cache.h"
+
+namespace shardlm {
+
+// Tokens [start, start + n_tokens) of the sequence in cache slot `slot`.
+struct Segment {
+  int32_t slot = 0;
+  int64_t start = 0;
+  int64_t n_tokens = 0;
+};
+
+class ForwardPass {
+ public:
+  virtual ~ForwardPass() = default;
+
+  // Tensor parallel: sums partial layer outputs over the ranks of this stage (in place, identical
+  // result on every rank). Required when the weights are a tensor-parallel slice.
+  using AllReduce = std::function<void(float* data, int64_t count)>;
+  virtual void set_all_reduce(AllReduce fn) = 0;
+
+  virtual const ModelConfig& config() const = 0;
+  // Bytes one cache block costs on this rank, and a cache of `blocks` blocks for its layers
+  // (KvCache::kDefaultBlockSize positions each).
+  virtual int64_t cache_block_bytes() const = 0;
+  virtual KvCache make_cache(int64_t blocks) = 0;
+  // Logits this rank computes: lm_head rows vocab_begin..vocab_end.
+  virtual int64_t local_vocab() const = 0;
+
+  // Token ids -> hidden states x [n][hidden] (first stage).
+  virtual void embed(const int32_t* tokens, int64_t n, float* x) const = 0;
+  // Runs this rank's layers on x [total tokens][hidden] in place. The segments' tokens are the
+  // rows of x in order; their keys/values go into the cache (reserved here, growing each sequence).
+  virtual void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) = 0;
+  // Final norm and lm_head on the given rows of x: logits [rows][local_vocab()].
+  virtual void head(const float* x, std::span<const int64_t> rows, float* logits) = 0;
+};
+
+}  // namespace shardlm

@@ -1,0 +1,107 @@
+// The CUDA forward pass against the CPU one on the same models: the same greedy tokens, and first
+// logits within 1e-4 relative for f32 weights (a different summation order) and 1e-2 for bf16 (the
+// CPU widens bf16 to f32 exactly too, so this is loose on purpose: it is the bf16
+// tolerance). Also PP2 and TP2 with every rank on the GPU. Skips where no GPU is visible (CI).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "runtime/cluster.h"
+#include "runtime/engine.h"
+#include "test_models.h"
+#include "test_numerics.h"
+
+using namespace shardlm;
+
+namespace {
+
+// Without touching CUDA: a process that has initialised it cannot fork ranks that use it.
+bool have_gpu() { return ::access("/dev/nvidia0", F_OK) == 0; }
+
+const char* kPrompt = "<|im_start|>user\nRun the same model on the GPU.<|im_end|>\n";
+
+GenerateRequest request() {
+  GenerateRequest r;
+  r.prompt = kPrompt;
+  r.max_new_tokens = 32;
+  r.stop_at_eos = false;
+  return r;
+}
+
+GenerateResult run_engine(const std::string& model, const std::string& device) {
+  EngineOptions o;
+  o.model_path = model;
+  o.context = 512;
+  o.device = device;
+  Engine e(o);
+  return e.generate(request());
+}
+
+void compare(const std::string& flags, double tolerance) {
+  SCOPED_TRACE(flags);
+  const std::string model = test::test_model(test::parse_make_model_flags(flags));
+  const GenerateResult cpu = run_engine(model, "cpu"), gpu = run_engine(model, "cuda");
+  EXPECT_EQ(gpu.output_ids, cpu.output_ids);
+  const double err = test::max_relative_error(gpu.first_logits, cpu.first_logits);
+  std::printf("%s: GPU vs CPU max relative logit error %.3g\n", flags.c_str(), err);
+  EXPECT_LT(err, tolerance);
+}
+
+}  // namespace
+
+TEST(Cuda, OneGpuMatchesTheCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  compare("--arch llama --preset tiny --dtype f32", 1e-4);
+  compare("--arch qwen3 --preset tiny --dtype f32", 1e-4);
+  compare("--arch llama --preset tiny --dtype bf16", 1e-2);
+  compare("--arch qwen3 --preset tiny --dtype bf16", 1e-2);
+  compare("--arch llama --preset small --dtype bf16", 1e-2);
+  compare("--arch qwen3 --preset small --dtype bf16", 1e-2);
+}
+
+TEST(Cuda, ChunkedPrefillAndBatchesMatchOneSequenceAtATime) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  const GenerateResult alone = run_engine(model, "cuda");
+  EngineOptions o;
+  o.model_path = model;
+  o.context = 512;
+  o.device = "cuda";
+  o.max_batch = 4;
+  o.prefill_chunk = 7;
+  Engine e(o);
+  std::vector<GenerateRequest> reqs(4, request());
+  for (const GenerateResult& r : e.run(reqs)) EXPECT_EQ(r.output_ids, alone.output_ids);
+}
+
+// Each rank is a forked process on GPU rank % GPUs (all on one GPU of a one-GPU machine), and rank
+// 0 runs in this process: one cluster per test process (ctest and run-all run each test alone).
+// Compared with the CPU engine, as this process must not touch CUDA before it forks.
+void check_split_on_gpus(int pp, int tp) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  const GenerateResult cpu = run_engine(model, "cpu");
+  ClusterOptions o;
+  o.model_path = model;
+  o.pp = pp, o.tp = tp;
+  o.context = 512;
+  o.threads_per_rank = 1;
+  o.device = "cuda";
+  Cluster c(o);
+  const GenerateResult g = c.generate(request());
+  EXPECT_EQ(g.output_ids, cpu.output_ids);
+  EXPECT_LT(test::max_relative_error(g.first_logits, cpu.first_logits), 1e-2);
+  // A second multi-rank GPU run from this process is refused with a reason, not a crash.
+  o.pp = 2, o.tp = 1;
+  try {
+    Cluster again(o);
+    ADD_FAILURE() << "a second GPU cluster started in a process that already used CUDA";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("one multi-rank GPU run per process"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Cuda, PipelineParallelRanksOnGpus) { check_split_on_gpus(2, 1); }
+TEST(Cuda, TensorParallelRanksOnGpus) { check_split_on_gpus(1, 2); }
