@@ -17,6 +17,9 @@
 #include "core/process_stats.h"
 #include "kernels/cpu/machine_ceiling.h"
 #include "runtime/cluster.h"
+#if SHARDLM_HAVE_CUDA
+#include "kernels/cuda/ops.h"
+#endif
 
 namespace shardlm::cli {
 
@@ -96,12 +99,16 @@ void run_bench(BenchFlags& f) {
   if (f.cluster.model_path.empty()) fail("bench: give --model (or --comm to measure the links)");
   const bool split = f.cluster.pp * f.cluster.tp > 1 || f.cluster.backend == "mpi";
   if (!f.single && !split) fail("bench: give --single (one rank), --pp/--tp for a split, or --comm");
+  const bool gpu = f.cluster.device == "cuda";
   ThreadPool probe_pool(split || f.cluster.threads_per_rank == 0 ? ThreadPool::default_threads()
                                                                  : f.cluster.threads_per_rank);
-  log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
-  const double read_bw = measure_read_bandwidth(probe_pool);
-  const double fma_peak = measure_fma_peak(probe_pool);
-  reset_peak_rss();  // the bandwidth probe's buffer is gone; measure the model from here
+  double read_bw = 0, fma_peak = 0;
+  if (!gpu) {  // a GPU's ceiling is measured after the run: this process forks its ranks first
+    log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
+    read_bw = measure_read_bandwidth(probe_pool);
+    fma_peak = measure_fma_peak(probe_pool);
+    reset_peak_rss();  // the bandwidth probe's buffer is gone; measure the model from here
+  }
 
   auto files = open_model_files(f.cluster.model_path);
   const ModelConfig cfg = files->config();
@@ -113,6 +120,14 @@ void run_bench(BenchFlags& f) {
   if (!cluster.is_driver()) return;
   std::vector<Timing> timings = timed_runs(f, cluster);
   nlohmann::json ranks = cluster.rank_reports();
+  std::string device_name = "cpu";
+  if (gpu) {
+#if SHARDLM_HAVE_CUDA
+    log_info("bench: measuring GPU 0's read bandwidth");
+    read_bw = cuda::measure_read_bandwidth(0);
+    device_name = cuda::device_name(0);
+#endif
+  }
   const std::string layout =
       split ? fmt::format("pp {} x tp {} over {}", f.cluster.pp, f.cluster.tp, cluster.backend_name())
             : fmt::format("1 rank, {} threads", cluster.rank0().threads());
@@ -141,8 +156,9 @@ void run_bench(BenchFlags& f) {
   const double steps_s = f.batch == 1 ? decode_tok_s : double(cluster.last_run().steps) / cluster.last_run().seconds;
   const double decode_bw = bytes_per_token * steps_s;
   double comm_share = 0, longest_step = 0;
-  int64_t largest_rss = 0;
+  int64_t largest_rss = 0, largest_device = 0;
   for (const auto& r : ranks) {
+    largest_device = std::max(largest_device, r["device_bytes"].get<int64_t>());
     comm_share = std::max(comm_share, r["comm_share"].get<double>());
     longest_step = std::max(longest_step, r["longest_step_s"].get<double>());
     largest_rss = std::max(largest_rss, r["peak_rss_bytes"].get<int64_t>());
@@ -155,6 +171,8 @@ void run_bench(BenchFlags& f) {
                       {"batch", f.batch},
                       {"prefill_chunk", f.cluster.prefill_chunk},
                       {"simd", simd_level_name(simd_level())},
+                      {"device", device_name},
+                      {"device_bytes", largest_device},
                       {"weight_dtype", cost.dtype},
                       {"load_s", cluster.load_s()},
                       {"peak_rss_bytes", largest_rss},
@@ -163,7 +181,7 @@ void run_bench(BenchFlags& f) {
                       {"prompt_tokens", f.prompt_tokens},
                       {"prefill_tok_s", prefill_tok_s},
                       {"prefill_flop_s", prefill_flop_s},
-                      {"prefill_fraction_of_fma_peak", prefill_flop_s / fma_peak},
+                      {"prefill_fraction_of_fma_peak", gpu ? nlohmann::json(nullptr) : nlohmann::json(prefill_flop_s / fma_peak)},
                       {"decode_tokens", f.decode_tokens},
                       {"decode_tok_s", decode_tok_s},
                       {"decode_bytes_per_token", bytes_per_token},
@@ -179,8 +197,12 @@ void run_bench(BenchFlags& f) {
   }
   fmt::print("model            {} ({}, {}, {})\n", f.cluster.model_path, cost.dtype, layout, simd_level_name(simd_level()));
   fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", cluster.load_s(), largest_rss / 1e9);
-  fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
-             fma_peak / 1e9);
+  if (gpu)
+    fmt::print("ceilings         {} read bandwidth {:.1f} GB/s (measured after the run); largest GPU memory of a rank "
+               "{:.2f} GB\n", device_name, read_bw / 1e9, largest_device / 1e9);
+  else
+    fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
+               fma_peak / 1e9);
   if (f.batch == 1)
     fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
                decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
@@ -188,9 +210,13 @@ void run_bench(BenchFlags& f) {
     fmt::print("decode, batch {}  {:.2f} tok/s aggregate; {:.1f} steps/s stream {:.1f} GB/s of weights = {:.0f}% of read "
                "bandwidth (median of {})\n",
                f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
-  fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (chunk {}, longest step {:.3f} s)\n",
-             f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
-             f.cluster.prefill_chunk, longest_step);
+  if (gpu)  // no GPU FLOP/s ceiling yet (a cuBLAS matmul probe comes with the cuBLAS prefill path)
+    fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s (chunk {}, longest step {:.3f} s)\n", f.prompt_tokens,
+               prefill_tok_s, prefill_flop_s / 1e9, f.cluster.prefill_chunk, longest_step);
+  else
+    fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (chunk {}, longest step {:.3f} s)\n",
+               f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
+               f.cluster.prefill_chunk, longest_step);
   if (split) {
     for (const auto& r : ranks)
       fmt::print("rank {}          stage {} tp {}: load {:.2f} s, peak RSS {:.2f} GB, {:.0f}% of step time in communication\n",
@@ -226,6 +252,9 @@ void add_bench(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--json", f->json, "Print one JSON object");
+  cmd->add_option("--device", f->cluster.device, "Where the layers run: cpu, or cuda (the ceiling is then GPU 0's read bandwidth)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->add_flag("--comm", *comm_mode, "Measure all_reduce latency between ranks (16 KB and 1 MB) instead of a model");
   cmd->add_option("--backend", comm->backend, "Link between ranks: shm, tcp or mpi (mpi: run under mpirun)")
       ->check(CLI::IsMember({"shm", "tcp", "mpi"}))

@@ -294,6 +294,8 @@ nlohmann::json Rank::report() const {
           {"peak_rss_bytes", peak_rss_bytes()},
           {"weight_bytes", weights_.bytes},
           {"kv_cache_bytes", cache_->bytes()},
+          {"device", options_.device},
+          {"device_bytes", transformer_->device_bytes()},
           {"threads", pool_.size()},
           {"steps", steps_},
           {"tokens", tokens_},

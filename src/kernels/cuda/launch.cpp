@@ -1,6 +1,7 @@
 #include "kernels/cuda/launch.h"
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
 
 namespace shardlm::cuda::detail {
 
@@ -12,3 +13,13 @@ void check_launch(const char* kernel) {
 void fail_with(const char* message) { fail("{}", message); }
 
 }  // namespace shardlm::cuda::detail
+
+namespace shardlm::cuda {
+
+std::string device_name(int device) {
+  cudaDeviceProp p{};
+  SHARDLM_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  return fmt::format("{}, {} SMs, {:.1f} GB", p.name, p.multiProcessorCount, double(p.totalGlobalMem) / 1e9);
+}
+
+}  // namespace shardlm::cuda

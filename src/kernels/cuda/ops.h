@@ -3,7 +3,9 @@
 // the CPU (kernels/cpu/ops.h), so the two paths are checked against each other op by op.
 // Calls are asynchronous on `stream`; errors of the launch throw shardlm::Error.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/dtype.h"
 
@@ -52,5 +54,15 @@ struct AttentionShape {
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionShape shape, float* out,
                Stream s);
+
+}  // namespace shardlm::cuda
+
+namespace shardlm::cuda {
+
+// The ceiling of a decode step: bytes/s that a kernel reading `bytes` of device memory (and
+// writing almost nothing) sustains on `device`, the median of 5 timed passes after a warm-up.
+double measure_read_bandwidth(int device, size_t bytes = size_t(2) << 30);
+// "NVIDIA H200, 132 SMs, 139.8 GB".
+std::string device_name(int device);
 
 }  // namespace shardlm::cuda

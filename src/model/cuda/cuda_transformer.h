@@ -28,7 +28,7 @@ class CudaTransformer : public ForwardPass {
   void head(const float* x, std::span<const int64_t> rows, float* logits) override;
 
   int device() const { return device_; }
-  int64_t device_bytes() const;  // weights and KV cache on the GPU
+  int64_t device_bytes() const override;
 
  private:
   struct Impl;
