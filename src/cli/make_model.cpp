@@ -12,8 +12,8 @@ void add_make_model(CLI::App& app) {
   auto shard_mib = std::make_shared<int64_t>(2048);
   auto tie = std::make_shared<std::string>("preset");
   cmd->add_option("--arch", *arch, "Architecture")->check(CLI::IsMember({"llama", "qwen3"}))->capture_default_str();
-  cmd->add_option("--preset", o->preset, "Size: tiny (4 layers, hidden 256), small (8 layers, hidden 1024, GQA), 1b (Llama-3.2-1B shape)")
-      ->check(CLI::IsMember({"tiny", "small", "1b"}))
+  cmd->add_option("--preset", o->preset, "Size: tiny (4 layers, hidden 256), small (8 layers, hidden 1024, GQA), 1b (Llama-3.2-1B shape), 8b (Llama-3.1-8B shape, 16 GB in bf16)")
+      ->check(CLI::IsMember({"tiny", "small", "1b", "8b"}))
       ->capture_default_str();
   cmd->add_option("--dtype", *dtype, "Weight dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}))->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer_dir, "Folder with tokenizer.json (e.g. assets/qwen3)")->required();

@@ -18,6 +18,10 @@ struct Segment {
   int64_t n_tokens = 0;
 };
 
+// Checks each segment's positions against the model and reserves them in the cache (shared by
+// every ForwardPass::run_layers); returns the total tokens. Throws Error naming the positions.
+int64_t reserve_segments(const ModelConfig& config, std::span<const Segment> segments, KvCache& cache);
+
 class ForwardPass {
  public:
   virtual ~ForwardPass() = default;

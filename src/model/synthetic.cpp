@@ -99,8 +99,13 @@ ModelConfig preset_config(Arch arch, const std::string& preset, int64_t vocab_si
     c.head_dim = 64;
     c.max_position_embeddings = 131072;
     c.tie_word_embeddings = true;
+  } else if (preset == "8b") {  // Llama-3.1-8B's shape (its 128256-token vocabulary aside)
+    c.hidden_size = 4096, c.num_layers = 32, c.num_heads = 32, c.num_kv_heads = 8, c.intermediate_size = 14336;
+    c.head_dim = 128;
+    c.max_position_embeddings = 131072;
+    c.tie_word_embeddings = false;
   } else {
-    fail("unknown preset '{}' (expected tiny, small or 1b)", preset);
+    fail("unknown preset '{}' (expected tiny, small, 1b or 8b)", preset);
   }
   if (qwen) {
     c.rope_theta = 1000000.0, c.rms_norm_eps = 1e-6;

@@ -85,15 +85,20 @@ void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   project_and_add(L.down, gate_.data(), n, x);
 }
 
-void Transformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+int64_t reserve_segments(const ModelConfig& c, std::span<const Segment> segments, KvCache& cache) {
   int64_t n = 0;
   for (const Segment& s : segments) {
-    SHARDLM_CHECK(s.n_tokens > 0 && s.start >= 0 && s.start + s.n_tokens <= config().max_position_embeddings,
+    SHARDLM_CHECK(s.n_tokens > 0 && s.start >= 0 && s.start + s.n_tokens <= c.max_position_embeddings,
                   "positions {}..{} are outside the model's {} positions", s.start, s.start + s.n_tokens - 1,
-                  config().max_position_embeddings);
+                  c.max_position_embeddings);
     cache.reserve(s.slot, s.start + s.n_tokens);
     n += s.n_tokens;
   }
+  return n;
+}
+
+void Transformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+  const int64_t n = reserve_segments(config(), segments, cache);
   reserve(n);
   int64_t t = 0;
   attention_segments_.clear();

@@ -4,6 +4,7 @@
 // values. Plain and correct first; a flash-decoding split over long contexts comes next.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -30,14 +31,18 @@ __device__ float block_reduce(float v, float* scratch) {
   return r;
 }
 
+// One block per (token, head, split): positions [split * span, (split + 1) * span) of the token's
+// 0..pos[t], with an online softmax. With one split the block writes the output; with several it
+// writes its running max, sum and weighted values for combine_kernel (flash-decoding: a decode
+// step has one token, so splitting the context is what puts every SM to work).
 __global__ void attention_kernel(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                                  const int32_t* table_offset, const int32_t* pos, AttentionShape shape, float scale,
-                                 float* out) {
-  const int64_t t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+                                 int64_t span, float* out, float* partial) {
+  const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
   const int64_t D = shape.kv.head_dim, bs = shape.kv.block_size, n_kv = shape.kv.n_kv_heads;
   const int64_t kv = (shape.head_offset + h) / shape.group - shape.kv_head_offset;
   const int32_t* table = tables + table_offset[t];
-  const int64_t last = pos[t];
+  const int64_t first = split * span, last = pos[t] < first + span - 1 ? int64_t(pos[t]) : first + span - 1;
   __shared__ float qs[kMaxHeadDim], ps[kThreads], scratch[kThreads / 32];
   const float* qh = q + (t * shape.n_heads + h) * D;
   for (int64_t d = tid; d < D; d += kThreads) qs[d] = qh[d] * scale;  // as the CPU kernel
@@ -45,7 +50,7 @@ __global__ void attention_kernel(const float* q, const float* k_pool, const floa
   auto row_of = [&](int64_t p) { return (int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs; };
 
   float m = -INFINITY, l = 0, acc[2] = {0, 0};
-  for (int64_t c = 0; c <= last; c += kThreads) {
+  for (int64_t c = first; c <= last; c += kThreads) {
     const int64_t p = c + tid;
     float score = -INFINITY;
     if (p <= last) {
@@ -70,17 +75,60 @@ __global__ void attention_kernel(const float* q, const float* k_pool, const floa
     m = m_new;
     __syncthreads();  // ps is rewritten by the next chunk
   }
+  const int64_t row = t * shape.n_heads + h;
+  if (gridDim.z == 1) {
+    for (int i = 0; i < 2; ++i) {
+      const int64_t d = tid + i * kThreads;
+      if (d < D) out[row * D + d] = acc[i] / l;
+    }
+    return;
+  }
+  float* mine = partial + (row * gridDim.z + split) * (D + 2);  // [m, l, acc[D]]
+  if (tid == 0) mine[0] = m, mine[1] = l;
   for (int i = 0; i < 2; ++i) {
     const int64_t d = tid + i * kThreads;
-    if (d < D) out[(t * shape.n_heads + h) * D + d] = acc[i] / l;
+    if (d < D) mine[2 + d] = acc[i];
   }
+}
+
+// Merges the splits of one (token, head): out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+__global__ void combine_kernel(const float* partial, int64_t splits, int64_t D, float* out) {
+  const int64_t row = blockIdx.x;
+  const float* p = partial + row * splits * (D + 2);
+  float M = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) M = fmaxf(M, p[s * (D + 2)]);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0, den = 0;
+    for (int64_t s = 0; s < splits; ++s) {
+      const float* q = p + s * (D + 2);
+      if (q[1] == 0) continue;  // a split past this token's last position
+      const float w = expf(q[0] - M);
+      num += q[2 + d] * w;
+      den += q[1] * w;
+    }
+    out[row * D + d] = num / den;
+  }
+}
+
+// Scratch for the splits' partial results, grown on demand (a rank uses one device).
+float* partial_buffer(size_t floats) {
+  static float* buffer = nullptr;
+  static size_t size = 0;
+  if (floats > size) {
+    if (buffer) cudaFree(buffer);
+    buffer = nullptr;
+    size = 0;
+    if (cudaMalloc(&buffer, floats * sizeof(float)) != cudaSuccess) detail::fail_with("CUDA attention: out of memory");
+    size = floats;
+  }
+  return buffer;
 }
 
 }  // namespace
 
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionShape shape, float* out,
-               Stream s) {
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t max_pos, AttentionShape shape,
+               float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
   if (shape.kv.head_dim > kMaxHeadDim) {
     char why[96];
@@ -89,9 +137,21 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
     detail::fail_with(why);
   }
   const float scale = 1.0f / std::sqrt(float(shape.kv.head_dim));
-  attention_kernel<<<dim3(unsigned(n_tokens), unsigned(shape.n_heads)), kThreads, 0, s>>>(
-      q, k_pool, v_pool, tables, table_offset, pos, shape, scale, out);
+  // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
+  // 512 blocks, each over at least 256 positions.
+  constexpr int64_t kMinSpan = 256, kTargetBlocks = 512;
+  const int64_t rows = n_tokens * shape.n_heads, length = max_pos + 1;
+  int64_t splits = rows >= kTargetBlocks ? 1 : std::min((length + kMinSpan - 1) / kMinSpan, kTargetBlocks / rows);
+  splits = std::max<int64_t>(splits, 1);
+  const int64_t span = (length + splits - 1) / splits;
+  float* partial = splits > 1 ? partial_buffer(size_t(rows * splits * (shape.kv.head_dim + 2))) : nullptr;
+  attention_kernel<<<dim3(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits)), kThreads, 0, s>>>(
+      q, k_pool, v_pool, tables, table_offset, pos, shape, scale, span, out, partial);
   detail::check_launch("attention");
+  if (splits > 1) {
+    combine_kernel<<<unsigned(rows), 128, 0, s>>>(partial, splits, shape.kv.head_dim, out);
+    detail::check_launch("attention combine");
+  }
 }
 
 }  // namespace shardlm::cuda

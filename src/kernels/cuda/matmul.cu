@@ -46,16 +46,24 @@ __global__ void matmul_kernel(const float* x, int64_t M, const void* weights, in
   for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
     const int rows = int(M - m0 < kRowsPerPass ? M - m0 : kRowsPerPass);
     float acc[kRowsPerPass] = {};
-    for (int64_t k = int64_t(lane) * 8; k < K; k += 32 * 8) {
-      float w[8];
-      W::load8(row, k, w);
+    // Two 16-byte weight loads in flight per lane per iteration (more bytes in flight per SM).
+    for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 2 * 32 * 8) {
+      const bool second = k0 + 32 * 8 < K;
+      float w[2][8];
+      W::load8(row, k0, w[0]);
+      if (second) W::load8(row, k0 + 32 * 8, w[1]);
 #pragma unroll
-      for (int m = 0; m < kRowsPerPass; ++m) {
-        if (m < rows) {
-          const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
-          const float4 a = xp[0], b = xp[1];
-          acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
-                    w[7] * b.w;
+      for (int u = 0; u < 2; ++u) {
+        if (u == 1 && !second) break;
+        const int64_t k = k0 + u * 32 * 8;
+#pragma unroll
+        for (int m = 0; m < kRowsPerPass; ++m) {
+          if (m < rows) {
+            const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
+            const float4 a = xp[0], b = xp[1];
+            acc[m] += w[u][0] * a.x + w[u][1] * a.y + w[u][2] * a.z + w[u][3] * a.w + w[u][4] * b.x + w[u][5] * b.y +
+                      w[u][6] * b.z + w[u][7] * b.w;
+          }
         }
       }
     }

@@ -45,15 +45,15 @@ void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, cons
               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s);
 
 // Causal attention for n_tokens query tokens [n][n_heads][head_dim]: token t sees positions
-// 0..pos[t] of its sequence. Local query head h is model head head_offset + h and reads local kv
+// 0..pos[t] of its sequence; max_pos is the largest pos[t] (it sizes the split of long contexts). Local query head h is model head head_offset + h and reads local kv
 // head (head_offset + h) / group - kv_head_offset.
 struct AttentionShape {
   int64_t n_heads = 0, group = 1, head_offset = 0, kv_head_offset = 0;
   KvShape kv;
 };
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionShape shape, float* out,
-               Stream s);
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t max_pos, AttentionShape shape,
+               float* out, Stream s);
 
 }  // namespace shardlm::cuda
 

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
@@ -138,12 +140,9 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const float eps = float(c.rms_norm_eps);
   const cudaStream_t s = d.stream;
   // Where each token's keys and values go: its position and its sequence's block table.
+  const int64_t n = reserve_segments(c, segments, cache);
   d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
   for (const Segment& seg : segments) {
-    SHARDLM_CHECK(seg.n_tokens > 0 && seg.start >= 0 && seg.start + seg.n_tokens <= c.max_position_embeddings,
-                  "positions {}..{} are outside the model's {} positions", seg.start, seg.start + seg.n_tokens - 1,
-                  c.max_position_embeddings);
-    cache.reserve(seg.slot, seg.start + seg.n_tokens);
     const int32_t offset = int32_t(d.host_tables.size());
     const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
     d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
@@ -152,7 +151,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
       d.host_positions.push_back(int32_t(seg.start + i));
     }
   }
-  const int64_t n = int64_t(d.host_positions.size());
+  const int64_t max_pos = *std::max_element(d.host_positions.begin(), d.host_positions.end());
   d.upload(d.tables, d.host_tables.data(), d.host_tables.size());
   d.upload(d.offsets, d.host_offsets.data(), d.host_offsets.size());
   d.upload(d.positions, d.host_positions.data(), d.host_positions.size());
@@ -198,7 +197,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
     float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
     cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
-    cuda::attention(q, k_pool, v_pool, tables, offsets, pos, n, shape, d.attn.get<float>(), s);
+    cuda::attention(q, k_pool, v_pool, tables, offsets, pos, n, max_pos, shape, d.attn.get<float>(), s);
     project_and_add(L.o, d.attn.get<float>());
 
     cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
