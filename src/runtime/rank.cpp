@@ -29,16 +29,11 @@ ModelSlice slice_of(const Plan& p, int rank) {
   m.vocab_begin = m.head ? v.begin : 0, m.vocab_end = m.head ? v.end : 1;
   return m;
 }
-}  // namespace
 
-namespace {
 bool cuda_used = false;
-}
 
-bool cuda_used_in_this_process() { return cuda_used; }
-
-static std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const ModelWeights& w, ThreadPool& pool,
-                                                      int rank) {
+std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const ModelWeights& w, ThreadPool& pool,
+                                               int rank) {
   if (device == "cpu") return std::make_unique<Transformer>(w, pool);
   if (device == "cuda") {
 #if SHARDLM_HAVE_CUDA
@@ -50,6 +45,10 @@ static std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device,
   }
   fail("unknown --device '{}' (expected cpu or cuda)", device);
 }
+
+}  // namespace
+
+bool cuda_used_in_this_process() { return cuda_used; }
 
 template <class F>
 void Rank::timed(F&& f) {
