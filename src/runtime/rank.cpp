@@ -22,7 +22,7 @@ ModelSlice slice_of(const Plan& p, int rank) {
   m.layer_begin = st.layer_begin, m.layer_end = st.layer_end;
   m.embedding = p.stage_of(rank) == 0;
   const VocabRange v = p.vocab_of(rank);
-  m.head = v.end > v.begin;
+  m.head = p.holds_head(rank);
   m.head_begin = s.head_begin, m.head_end = s.head_end;
   m.kv_head_begin = s.kv_head_begin, m.kv_head_end = s.kv_head_end;
   m.ffn_begin = s.ffn_begin, m.ffn_end = s.ffn_end;
@@ -147,10 +147,19 @@ void Rank::deferred_head() {
   rows_.resize(size_t(p.rows));
   for (int64_t i = 0; i < p.rows; ++i) rows_[size_t(i)] = i;
   head_rows(final_rows_.data(), rows_, p.greedy);
-  // Part of its step's work, timed as a step of its own (the waiting included, as in run_step).
-  const double sec = clock.seconds();
-  step_s_ += sec;
-  longest_step_s_ = std::max(longest_step_s_, sec);
+  count_step(clock.seconds());  // part of its step's work, timed as a step of its own (waiting included)
+}
+
+bool Rank::greedy_step(std::span<const WireSegment> segments, bool want_logits) const {
+  if (want_logits) return false;
+  for (const WireSegment& s : segments)
+    if (s.sample && !greedy_[size_t(s.slot)]) return false;
+  return true;
+}
+
+void Rank::count_step(double seconds) {
+  step_s_ += seconds;
+  longest_step_s_ = std::max(longest_step_s_, seconds);
 }
 
 void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, bool want_logits) {
@@ -159,11 +168,11 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
   segments_.clear();
   rows_.clear();
   int64_t n = 0;
-  bool greedy = !want_logits;
+  const bool greedy = greedy_step(segments, want_logits);
   for (const WireSegment& s : segments) {
     segments_.push_back({s.slot, s.start, s.n_tokens});
     n += s.n_tokens;
-    if (s.sample) rows_.push_back(n - 1), greedy = greedy && greedy_[size_t(s.slot)];
+    if (s.sample) rows_.push_back(n - 1);
   }
   x_.resize(size_t(n * H));
   if (stage_ == 0) transformer_->embed(ids, n, x_.data());
@@ -171,20 +180,18 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
   transformer_->run_layers(x_.data(), segments_, *cache_);
   if (stage_ < last_stage_) {
     timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
-    if (!rows_.empty() && holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});
+    if (!rows_.empty() && plan_.holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});
   } else if (!rows_.empty()) {
     // The sampled rows' final activations to the earlier stages' head rows, then this rank's own.
     final_rows_.resize(rows_.size() * size_t(H));
     for (size_t i = 0; i < rows_.size(); ++i)
       std::copy_n(x_.data() + rows_[i] * H, H, final_rows_.data() + i * size_t(H));
     for (int s = 0; s < last_stage_; ++s)
-      if (holds_head(plan_.rank_of(s, tp_rank_)))
+      if (plan_.holds_head(plan_.rank_of(s, tp_rank_)))
         timed([&] { world_.send(plan_.rank_of(s, tp_rank_), final_rows_.data(), final_rows_.size() * 4); });
-    if (holds_head(world_.rank())) head_rows(x_.data(), rows_, greedy);
+    if (plan_.holds_head(world_.rank())) head_rows(x_.data(), rows_, greedy);
   }
-  const double s = clock.seconds();
-  step_s_ += s;
-  longest_step_s_ = std::max(longest_step_s_, s);
+  count_step(clock.seconds());
   tokens_ += n;
   ++steps_;
 }
@@ -215,11 +222,11 @@ void Rank::issue(std::span<const WireSegment> segments, const int32_t* ids, bool
   c.want_logits = want_logits;
   Expected e;
   e.want_logits = want_logits;
-  e.greedy = !want_logits;
+  e.greedy = greedy_step(segments, want_logits);
   for (const WireSegment& s : segments) {
     check_segment(s, 0, limits_);
     c.n_tokens += s.n_tokens;
-    if (s.sample) e.slots.push_back(s.slot), e.greedy = e.greedy && greedy_[size_t(s.slot)];
+    if (s.sample) e.slots.push_back(s.slot);
   }
   check_step_command(c, 0, limits_);
   broadcast(c, segments, ids);
@@ -235,8 +242,8 @@ Rank::StepResult Rank::collect() {
   StepCommand head;
   head.kind = uint32_t(StepKind::Head);
   for (int r = 1; r < world_.size(); ++r)
-    if (plan_.stage_of(r) < last_stage_ && holds_head(r)) world_.send(r, &head, sizeof head);
-  if (last_stage_ > 0 && holds_head(0)) deferred_head();
+    if (plan_.stage_of(r) < last_stage_ && plan_.holds_head(r)) world_.send(r, &head, sizeof head);
+  if (last_stage_ > 0 && plan_.holds_head(0)) deferred_head();
 
   const int64_t m = int64_t(e.slots.size()), V = config().vocab_size;
   StepResult result;
@@ -244,7 +251,7 @@ Rank::StepResult Rank::collect() {
   if (!e.greedy) logits_.resize(size_t(m * V));
   std::vector<float> received;
   for (int r = 0; r < world_.size(); ++r) {
-    if (!holds_head(r)) continue;
+    if (!plan_.holds_head(r)) continue;
     const VocabRange v = plan_.vocab_of(r);
     const int64_t w = v.end - v.begin;
     if (r == 0) {

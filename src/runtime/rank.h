@@ -89,7 +89,10 @@ class Rank {
   // This rank's lm_head rows for `rows` rows of final activations x: kept (rank 0) or sent to rank 0.
   void head_rows(const float* x, std::span<const int64_t> rows, bool greedy);
   void deferred_head();  // a stage before the last: the oldest pending step's head rows
-  bool holds_head(int rank) const { return plan_.vocab_of(rank).end > plan_.vocab_of(rank).begin; }
+  // A step samples greedily when no logits are wanted and every sampled sequence is greedy: each
+  // rank then sends only its rows' best logit. Rank 0 and the head ranks decide it the same way.
+  bool greedy_step(std::span<const WireSegment> segments, bool want_logits) const;
+  void count_step(double seconds);  // into step_s_ and longest_step_s_
   template <class F>
   void timed(F&& f);  // runs a communication call, adding its wall time to comm_s_
 
