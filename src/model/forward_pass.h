@@ -22,6 +22,19 @@ struct Segment {
 // every ForwardPass::run_layers); returns the total tokens. Throws Error naming the positions.
 int64_t reserve_segments(const ModelConfig& config, std::span<const Segment> segments, KvCache& cache);
 
+// Tensor parallel on GPUs: sums the ranks' partial outputs in device memory, ordered on the
+// forward pass's stream (comm/nccl/), so they never cross to the host.
+class DeviceAllReduce {
+ public:
+  virtual ~DeviceAllReduce() = default;
+  // data[i] = sum over the stage's ranks of data[i] (device memory, f32), queued on `stream`.
+  virtual void sum(float* data, int64_t count, void* stream) = 0;
+  // Blocks until `stream` has finished, bounded: a lost peer raises an error instead of a hang.
+  virtual void wait(void* stream) = 0;
+  // Seconds the sums of finished steps took on the GPU (waiting for peers included).
+  virtual double seconds() const = 0;
+};
+
 class ForwardPass {
  public:
   virtual ~ForwardPass() = default;
@@ -30,6 +43,10 @@ class ForwardPass {
   // result on every rank). Required when the weights are a tensor-parallel slice.
   using AllReduce = std::function<void(float* data, int64_t count)>;
   virtual void set_all_reduce(AllReduce fn) = 0;
+  // On a GPU, in place of set_all_reduce's host round trip (not owned; outlives the pass).
+  virtual void set_device_all_reduce(DeviceAllReduce*) {}
+  // The GPU this pass runs on, -1 on the CPU.
+  virtual int device_ordinal() const { return -1; }
 
   virtual const ModelConfig& config() const = 0;
   // Bytes one cache block costs on this rank, and a cache of `blocks` blocks for its layers

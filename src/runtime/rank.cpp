@@ -11,6 +11,9 @@
 #if SHARDLM_HAVE_CUDA
 #include "model/cuda/cuda_transformer.h"
 #endif
+#if SHARDLM_HAVE_NCCL
+#include "comm/nccl/nccl_all_reduce.h"
+#endif
 
 namespace shardlm {
 
@@ -50,6 +53,8 @@ std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const 
 
 bool cuda_used_in_this_process() { return cuda_used; }
 
+double Rank::comm_s() const { return comm_s_ + (device_all_reduce_ ? device_all_reduce_->seconds() : 0.0); }
+
 template <class F>
 void Rank::timed(F&& f) {
   Stopwatch clock;
@@ -76,6 +81,15 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   if (plan_.tp > 1) {
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
+    if (transformer_->device_ordinal() >= 0) {  // every rank of the stage decides this alike
+      std::string why = "this shardlm was built without NCCL (nccl.h was not found)";
+#if SHARDLM_HAVE_NCCL
+      device_all_reduce_ = comm::NcclAllReduce::create(*tp_group_, transformer_->device_ordinal(), comm::kDefaultTimeout,
+                                                          &why);
+#endif
+      if (device_all_reduce_) transformer_->set_device_all_reduce(device_all_reduce_.get());
+      else log_info("rank {}: tensor-parallel sums go through the host: {}", world.rank(), why);
+    }
   }
   // KV cache from the byte budget; every rank must hold as many blocks as rank 0 will hand out,
   // so the run uses the smallest count of any rank (stages hold different numbers of layers).
@@ -307,8 +321,9 @@ nlohmann::json Rank::report() const {
           {"tokens", tokens_},
           {"step_s", step_s_},
           {"longest_step_s", longest_step_s_},
-          {"comm_s", comm_s_},
-          {"comm_share", step_s_ > 0 ? comm_s_ / step_s_ : 0.0},
+          {"comm_s", comm_s()},
+          {"comm_share", step_s_ > 0 ? comm_s() / step_s_ : 0.0},
+          {"tp_all_reduce", plan_.tp == 1 ? "none" : device_all_reduce_ ? "nccl" : "host"},
           {"bytes_sent", w.bytes_sent + t.bytes_sent},
           {"backend", world_.backend()}};
 }

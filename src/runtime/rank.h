@@ -95,6 +95,7 @@ class Rank {
   void count_step(double seconds);  // into step_s_ and longest_step_s_
   template <class F>
   void timed(F&& f);  // runs a communication call, adding its wall time to comm_s_
+  double comm_s() const;  // host comm plus the device all-reduces' GPU time
 
   RankOptions options_;
   StepLimits limits_;
@@ -106,6 +107,7 @@ class Rank {
   ThreadPool pool_;
   ModelWeights weights_;
   std::unique_ptr<ForwardPass> transformer_;
+  std::unique_ptr<DeviceAllReduce> device_all_reduce_;  // NCCL for GPU tensor parallelism, else null
   std::unique_ptr<KvCache> cache_;
   int64_t kv_blocks_ = 0;
   std::vector<Sampler> samplers_;  // per slot, on rank 0

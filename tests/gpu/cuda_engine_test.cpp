@@ -19,6 +19,11 @@ namespace {
 
 // Without touching CUDA: a process that has initialised it cannot fork ranks that use it.
 bool have_gpu() { return ::access("/dev/nvidia0", F_OK) == 0; }
+int gpu_count() {
+  int n = 0;
+  while (::access(("/dev/nvidia" + std::to_string(n)).c_str(), F_OK) == 0) ++n;
+  return n;
+}
 
 const char* kPrompt = "<|im_start|>user\nRun the same model on the GPU.<|im_end|>\n";
 
@@ -61,6 +66,34 @@ TEST(Cuda, OneGpuMatchesTheCpu) {
   compare("--arch qwen3 --preset small --dtype bf16", 1e-2);
 }
 
+// A prompt long enough for the tensor cores (cuBLAS: bf16 products, TF32 attention) in chunks of
+// 64 and whole, against the CPU's f32 arithmetic: logits within the bf16 tolerance and
+// the same greedy tokens.
+TEST(Cuda, LongPromptsOnTheTensorCoresMatchTheCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch qwen3 --preset small --dtype bf16"));
+  GenerateRequest r = request();
+  for (int i = 0; i < 12; ++i) r.prompt += "Pipeline stages hold layers; tensor ranks hold slices of every layer. ";
+  for (int64_t chunk : {int64_t(64), int64_t(0)}) {
+    std::vector<GenerateResult> results;
+    for (const char* device : {"cpu", "cuda"}) {
+      EngineOptions o;
+      o.model_path = model;
+      o.context = 512;
+      o.device = device;
+      o.prefill_chunk = chunk;
+      Engine e(o);
+      results.push_back(e.generate(r));
+    }
+    ASSERT_GT(results[0].prompt_ids.size(), 150u);
+    EXPECT_EQ(results[1].output_ids, results[0].output_ids) << "chunk " << chunk;
+    const double err = test::max_relative_error(results[1].first_logits, results[0].first_logits);
+    std::printf("prompt of %zu tokens, chunk %lld: GPU vs CPU max relative logit error %.3g\n",
+                results[0].prompt_ids.size(), (long long)chunk, err);
+    EXPECT_LT(err, 1e-2);
+  }
+}
+
 TEST(Cuda, ChunkedPrefillAndBatchesMatchOneSequenceAtATime) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
@@ -93,6 +126,9 @@ void check_split_on_gpus(int pp, int tp) {
   const GenerateResult g = c.generate(request());
   EXPECT_EQ(g.output_ids, cpu.output_ids);
   EXPECT_LT(test::max_relative_error(g.first_logits, cpu.first_logits), 1e-2);
+  // Tensor-parallel sums stay on the GPUs (NCCL) when each rank has its own, else cross the host.
+  const std::string expected = tp == 1 ? "none" : gpu_count() >= tp ? "nccl" : "host";
+  for (const auto& r : c.rank_reports()) EXPECT_EQ(r["tp_all_reduce"], expected) << r.dump();
   // A second multi-rank GPU run from this process is refused with a reason, not a crash.
   o.pp = 2, o.tp = 1;
   try {

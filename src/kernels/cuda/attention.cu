@@ -1,7 +1,9 @@
-// Causal attention over the paged KV cache: one block of 128 threads per (query token, head).
-// The block walks the token's positions 128 at a time with an online softmax: each thread scores
-// one position, then each thread accumulates up to two of the head's dimensions over the chunk's
-// values. Plain and correct first; a flash-decoding split over long contexts comes next.
+// Causal attention over the paged KV cache: one block of 4 warps per (query token, head, split of
+// the token's context). Each warp takes 4 positions at a time: every lane loads D/32 dimensions of
+// the 4 key rows and the 4 value rows (a warp reads whole 128-byte rows: coalesced), the warp sums
+// the dot products with shuffles, and keeps its own online softmax; the 4 warps then merge theirs.
+// With several splits each block writes (max, sum, weighted values) and combine_kernel merges them
+// (flash-decoding: a decode step has one token, so splitting the context puts every SM to work).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,80 +16,85 @@
 namespace shardlm::cuda {
 namespace {
 
-constexpr int kThreads = 128;  // = positions per chunk
-constexpr int kMaxHeadDim = 2 * kThreads;
+constexpr int kWarps = 4;
+constexpr int kUnroll = 4;  // positions per warp per iteration: 8 rows in flight per warp
+constexpr int kMaxHeadDim = 256;
 
-template <bool kMax>
-__device__ float block_reduce(float v, float* scratch) {
-  for (int o = 16; o > 0; o /= 2) {
-    const float other = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, other) : v + other;
-  }
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int w = 1; w < kThreads / 32; ++w) r = kMax ? fmaxf(r, scratch[w]) : r + scratch[w];
-  __syncthreads();  // scratch is reused by the next reduction
-  return r;
-}
-
-// One block per (token, head, split): positions [split * span, (split + 1) * span) of the token's
-// 0..pos[t], with an online softmax. With one split the block writes the output; with several it
-// writes its running max, sum and weighted values for combine_kernel (flash-decoding: a decode
-// step has one token, so splitting the context is what puts every SM to work).
+template <int kDims>  // head_dim / 32: dimensions per lane
 __global__ void attention_kernel(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                                  const int32_t* table_offset, const int32_t* pos, AttentionShape shape, float scale,
-                                 int64_t span, float* out, float* partial) {
-  const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
-  const int64_t D = shape.kv.head_dim, bs = shape.kv.block_size, n_kv = shape.kv.n_kv_heads;
+                                 float* out, float* partial) {
+  constexpr int D = kDims * 32;
+  const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t bs = shape.kv.block_size, n_kv = shape.kv.n_kv_heads;
   const int64_t kv = (shape.head_offset + h) / shape.group - shape.kv_head_offset;
   const int32_t* table = tables + table_offset[t];
-  const int64_t first = split * span, last = pos[t] < first + span - 1 ? int64_t(pos[t]) : first + span - 1;
-  __shared__ float qs[kMaxHeadDim], ps[kThreads], scratch[kThreads / 32];
-  const float* qh = q + (t * shape.n_heads + h) * D;
-  for (int64_t d = tid; d < D; d += kThreads) qs[d] = qh[d] * scale;  // as the CPU kernel
-  __syncthreads();
-  auto row_of = [&](int64_t p) { return (int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs; };
+  // This split's share of the token's positions 0..pos[t] (each token's context split evenly).
+  const int64_t length = int64_t(pos[t]) + 1, span = (length + gridDim.z - 1) / gridDim.z;
+  const int64_t first = split * span, last = min(length, first + span) - 1;
+  auto row_of = [&](int64_t p) { return ((int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs) * D + lane; };
 
-  float m = -INFINITY, l = 0, acc[2] = {0, 0};
-  for (int64_t c = first; c <= last; c += kThreads) {
-    const int64_t p = c + tid;
-    float score = -INFINITY;
-    if (p <= last) {
-      const float* kr = k_pool + row_of(p) * D;
-      float dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += qs[d] * kr[d];
-      score = dot;
+  float qv[kDims], acc[kDims];
+  const float* qh = q + (t * shape.n_heads + h) * D + lane;
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i] * scale, acc[i] = 0;
+  float m = -INFINITY, l = 0;
+  for (int64_t c = first + warp * kUnroll; c <= last; c += kWarps * kUnroll) {
+    float kr[kUnroll][kDims], vr[kUnroll][kDims], s[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c + u > last) break;
+      const int64_t at = row_of(c + u);
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) kr[u][i] = k_pool[at + 32 * i], vr[u][i] = v_pool[at + 32 * i];
     }
-    const float m_new = fmaxf(m, block_reduce<true>(score, scratch));
-    const float pj = p <= last ? expf(score - m_new) : 0.0f;
-    ps[tid] = pj;
-    const float correction = expf(m - m_new);
-    l = l * correction + block_reduce<false>(pj, scratch);  // also makes ps visible
-    const int64_t n = last - c + 1 < kThreads ? last - c + 1 : kThreads;
-    for (int i = 0; i < 2; ++i) {
-      const int64_t d = tid + i * kThreads;
-      if (d >= D) break;
-      float a = acc[i] * correction;
-      for (int64_t j = 0; j < n; ++j) a += ps[j] * v_pool[row_of(c + j) * D + d];
-      acc[i] = a;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float dot = 0;
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? kr[u][i] : 0.0f);
+      for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      s[u] = c + u <= last ? dot : -INFINITY;
+    }
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) m_new = fmaxf(m_new, s[u]);
+    const float correction = expf(m - m_new);  // 0 on the first chunk (m = -inf)
+    l *= correction;
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) acc[i] *= correction;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c + u > last) break;
+      const float p = expf(s[u] - m_new);
+      l += p;
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) acc[i] += p * vr[u][i];
     }
     m = m_new;
-    __syncthreads();  // ps is rewritten by the next chunk
+  }
+  // Merge the warps: M = max of their maxima; num = sum acc_w e^(m_w - M), den = sum l_w e^(m_w - M).
+  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][D];
+  if (lane == 0) sm[warp] = m, sl[warp] = l;
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) sacc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
+  float den = 0, weight[kWarps];
+  for (int w = 0; w < kWarps; ++w) {
+    weight[w] = sl[w] > 0 ? expf(sm[w] - M) : 0.0f;  // a warp with no positions adds nothing
+    den += sl[w] * weight[w];
   }
   const int64_t row = t * shape.n_heads + h;
-  if (gridDim.z == 1) {
-    for (int i = 0; i < 2; ++i) {
-      const int64_t d = tid + i * kThreads;
-      if (d < D) out[row * D + d] = acc[i] / l;
-    }
-    return;
-  }
-  float* mine = partial + (row * gridDim.z + split) * (D + 2);  // [m, l, acc[D]]
-  if (tid == 0) mine[0] = m, mine[1] = l;
-  for (int i = 0; i < 2; ++i) {
-    const int64_t d = tid + i * kThreads;
-    if (d < D) mine[2 + d] = acc[i];
+  float* mine = gridDim.z == 1 ? nullptr : partial + (row * gridDim.z + split) * (D + 2);  // [m, l, acc[D]]
+  if (mine && threadIdx.x == 0) mine[0] = M, mine[1] = den;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0;
+    for (int w = 0; w < kWarps; ++w) num += sacc[w][d] * weight[w];
+    if (mine) mine[2 + d] = num;
+    else out[row * D + d] = num / den;
   }
 }
 
@@ -110,46 +117,106 @@ __global__ void combine_kernel(const float* partial, int64_t splits, int64_t D, 
   }
 }
 
-// Scratch for the splits' partial results, grown on demand (a rank uses one device).
-float* partial_buffer(size_t floats) {
-  static float* buffer = nullptr;
-  static size_t size = 0;
-  if (floats > size) {
-    if (buffer) cudaFree(buffer);
-    buffer = nullptr;
-    size = 0;
-    if (cudaMalloc(&buffer, floats * sizeof(float)) != cudaSuccess) detail::fail_with("CUDA attention: out of memory");
-    size = floats;
+// Keys and values of positions [0, length) of one sequence, from its paged blocks into contiguous
+// [kv head][length][head_dim] (the tensor-core prefill's operands). One thread per float.
+__global__ void gather_kv_kernel(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length,
+                                 KvShape shape, float* k_out, float* v_out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t D = shape.head_dim, total = shape.n_kv_heads * length * D;
+  if (i >= total) return;
+  const int64_t d = i % D, p = (i / D) % length, h = i / (D * length);
+  const int64_t at = ((int64_t(table[p / shape.block_size]) * shape.n_kv_heads + h) * shape.block_size +
+                      p % shape.block_size) * D + d;
+  k_out[i] = k_pool[at];
+  v_out[i] = v_pool[at];
+}
+
+// Causal softmax of score rows in place: row r of head h (rows [heads][rows][length]) is query
+// position first_pos + r and keeps keys 0..first_pos + r; later keys get probability 0.
+__global__ void causal_softmax_kernel(float* scores, int64_t rows, int64_t length, int64_t first_pos) {
+  const int64_t r = blockIdx.x % rows;
+  float* row = scores + int64_t(blockIdx.x) * length;
+  const int64_t last = min(length - 1, first_pos + r);
+  __shared__ float scratch[32];
+  auto reduce = [&](float v, bool is_max) {
+    for (int o = 16; o > 0; o /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, v, o);
+      v = is_max ? fmaxf(v, other) : v + other;
+    }
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = scratch[0];
+    for (int w = 1; w < int(blockDim.x / 32); ++w) total = is_max ? fmaxf(total, scratch[w]) : total + scratch[w];
+    __syncthreads();
+    return total;
+  };
+  float m = -INFINITY;
+  for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) m = fmaxf(m, row[j]);
+  m = reduce(m, true);
+  float sum = 0;
+  for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
+    const float e = expf(row[j] - m);
+    row[j] = e;
+    sum += e;
   }
-  return buffer;
+  const float inv = 1.0f / reduce(sum, false);
+  for (int64_t j = threadIdx.x; j < length; j += blockDim.x) row[j] = j <= last ? row[j] * inv : 0.0f;
 }
 
 }  // namespace
 
+void gather_kv(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length, KvShape shape,
+               float* k_out, float* v_out, Stream s) {
+  const int64_t total = shape.n_kv_heads * length * shape.head_dim;
+  if (total == 0) return;
+  gather_kv_kernel<<<detail::blocks_for(total, 256), 256, 0, s>>>(k_pool, v_pool, table, length, shape, k_out, v_out);
+  detail::check_launch("gather_kv");
+}
+
+void causal_softmax(float* scores, int64_t heads, int64_t rows, int64_t length, int64_t first_pos, Stream s) {
+  if (heads * rows == 0) return;
+  causal_softmax_kernel<<<unsigned(heads * rows), 256, 0, s>>>(scores, rows, length, first_pos);
+  detail::check_launch("causal_softmax");
+}
+
+int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
+  // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
+  // 1024 blocks, each over at least 64 positions (16 per warp). A power of two, so that a captured
+  // decode step stays valid for long stretches of positions.
+  constexpr int64_t kMinSpan = 64, kTargetBlocks = 1024;
+  const int64_t rows = std::max<int64_t>(1, n_tokens * shape.n_heads), length = max_pos + 1;
+  const int64_t want = std::min((length + kMinSpan - 1) / kMinSpan, std::max<int64_t>(1, kTargetBlocks / rows));
+  int64_t splits = 1;
+  while (splits * 2 <= want) splits *= 2;
+  return splits;
+}
+
+int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape) {
+  return splits > 1 ? n_tokens * shape.n_heads * splits * (shape.kv.head_dim + 2) : 0;
+}
+
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t max_pos, AttentionShape shape,
-               float* out, Stream s) {
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
+               float* partial, float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
-  if (shape.kv.head_dim > kMaxHeadDim) {
-    char why[96];
-    std::snprintf(why, sizeof why, "CUDA attention: head_dim %lld is over %d", (long long)shape.kv.head_dim,
+  const int64_t D = shape.kv.head_dim;
+  if (D % 32 != 0 || D > kMaxHeadDim) {
+    char why[112];
+    std::snprintf(why, sizeof why, "CUDA attention: head_dim %lld is not a multiple of 32 up to %d", (long long)D,
                   kMaxHeadDim);
     detail::fail_with(why);
   }
-  const float scale = 1.0f / std::sqrt(float(shape.kv.head_dim));
-  // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
-  // 512 blocks, each over at least 256 positions.
-  constexpr int64_t kMinSpan = 256, kTargetBlocks = 512;
-  const int64_t rows = n_tokens * shape.n_heads, length = max_pos + 1;
-  int64_t splits = rows >= kTargetBlocks ? 1 : std::min((length + kMinSpan - 1) / kMinSpan, kTargetBlocks / rows);
-  splits = std::max<int64_t>(splits, 1);
-  const int64_t span = (length + splits - 1) / splits;
-  float* partial = splits > 1 ? partial_buffer(size_t(rows * splits * (shape.kv.head_dim + 2))) : nullptr;
-  attention_kernel<<<dim3(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits)), kThreads, 0, s>>>(
-      q, k_pool, v_pool, tables, table_offset, pos, shape, scale, span, out, partial);
+  const float scale = 1.0f / std::sqrt(float(D));
+  const dim3 grid(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits));
+  using Kernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
+                          AttentionShape, float, float*, float*);
+  constexpr Kernel kernels[] = {attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
+                                attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
+  kernels[D / 32 - 1]<<<grid, 32 * kWarps, 0, s>>>(q, k_pool, v_pool, tables, table_offset, pos, shape, scale, out,
+                                                   partial);
   detail::check_launch("attention");
   if (splits > 1) {
-    combine_kernel<<<unsigned(rows), 128, 0, s>>>(partial, splits, shape.kv.head_dim, out);
+    combine_kernel<<<unsigned(n_tokens * shape.n_heads), 128, 0, s>>>(partial, splits, D, out);
     detail::check_launch("attention combine");
   }
 }

@@ -14,6 +14,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t
   const float* xr = x + blockIdx.x * dim;
   float* yr = y + blockIdx.x * dim;
   float s = 0;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
   __shared__ float partial[32];
   for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -26,6 +27,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t
   }
   __syncthreads();
   const float scale = 1.0f / sqrtf(partial[0] / float(dim) + eps);
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * scale);
 }
 
@@ -59,12 +61,21 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
   if (i < n) x[i] += y[i];
 }
 
+__global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) {
+    const uint32_t b = __float_as_uint(x[i]);
+    y[i] = uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);  // as core/dtype's f32 -> bf16
+  }
+}
+
 // One block per token; threads over its kv heads x head_dim values.
 __global__ void store_kv_kernel(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
                                 const int32_t* table_offset, const int32_t* pos, KvShape shape) {
   const int64_t t = blockIdx.x, p = pos[t], row = p % shape.block_size;
   const int64_t block = tables[table_offset[t] + p / shape.block_size];
   const int64_t per_token = shape.n_kv_heads * shape.head_dim;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < per_token; i += blockDim.x) {
     const int64_t h = i / shape.head_dim, d = i % shape.head_dim;
     const int64_t at = ((block * shape.n_kv_heads + h) * shape.block_size + row) * shape.head_dim + d;
@@ -100,6 +111,12 @@ void add(float* x, const float* y, int64_t n, Stream s) {
   if (n == 0) return;
   add_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
   detail::check_launch("add");
+}
+
+void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s) {
+  if (n == 0) return;
+  to_bf16_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
+  detail::check_launch("to_bf16");
 }
 
 void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,

@@ -1,8 +1,12 @@
-// Weight-streaming matmul: one warp per weight row, 16-byte loads, f32 accumulation. A decode
-// step (M <= 8) reads every weight once from HBM; larger M runs in passes of 8 rows over the same
-// warp's row, which then comes from L1 (prefill; a tensor-core path is the next step).
+// Weight-streaming matmul for decode (a step reads every weight once from HBM, so the kernel is
+// as fast as the bytes it keeps in flight): a block of 8 warps takes 1, 2, 4 or 8 weight rows, the
+// warps of a row each stream a slice of it (split-K, so narrow matrices still fill the GPU), each
+// lane keeps up to four 16-byte loads in flight, and the slices' sums meet in shared memory. Rows
+// of x go in passes of R (1, 2, 4 or 8, templated so one row needs few registers and the SM holds
+// many warps). Prefill's many rows go to the tensor cores instead (tensor_core_gemm.h).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "kernels/cuda/launch.h"
@@ -11,8 +15,9 @@
 namespace shardlm::cuda {
 namespace {
 
-constexpr int kRowsPerPass = 8;
-constexpr int kWarpsPerBlock = 8;
+constexpr int kWarps = 8;
+constexpr int kLaneElements = 8;                   // one 16-byte bf16 load (two for f32)
+constexpr int kWarpElements = 32 * kLaneElements;  // 256 weights per warp-wide load
 
 // 8 consecutive weights as f32, from 16 bytes (bf16) or 32 bytes (f32).
 struct Bf16Row {
@@ -36,47 +41,90 @@ struct F32Row {
   }
 };
 
-template <class W>
-__global__ void matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N, int64_t K, float* y,
-                              bool accumulate) {
-  const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (n >= N) return;
-  const void* row = static_cast<const uint8_t*>(weights) + n * K * W::kBytes;
-  for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
-    const int rows = int(M - m0 < kRowsPerPass ? M - m0 : kRowsPerPass);
-    float acc[kRowsPerPass] = {};
-    // Two 16-byte weight loads in flight per lane per iteration (more bytes in flight per SM).
-    for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 2 * 32 * 8) {
-      const bool second = k0 + 32 * 8 < K;
-      float w[2][8];
-      W::load8(row, k0, w[0]);
-      if (second) W::load8(row, k0 + 32 * 8, w[1]);
+template <class W, int R, int U>  // R rows of x per pass, U loads in flight per lane
+__global__ void __launch_bounds__(32 * kWarps) matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N,
+                                                             int64_t K, float* y, bool accumulate, int rows_per_block) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int slices = kWarps / rows_per_block, slice = warp / rows_per_block;
+  // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
+  const int64_t span = (K + slices * kLaneElements - 1) / (slices * kLaneElements) * kLaneElements;
+  const int64_t k_begin = slice * span, k_end = min(K, k_begin + span);
+  __shared__ float sums[kWarps][R];
+  // Blocks stay resident and walk the groups of rows (grid-stride), as a bandwidth probe does:
+  // no waves of short-lived blocks, so loads stay in flight from start to end.
+  const int64_t groups = (N + rows_per_block - 1) / rows_per_block;
+  for (int64_t group = blockIdx.x; group < groups; group += gridDim.x) {
+    const int64_t n = group * rows_per_block + warp % rows_per_block;
+    const void* row = static_cast<const uint8_t*>(weights) + (n < N ? n : 0) * K * W::kBytes;
+    for (int64_t m0 = 0; m0 < M; m0 += R) {
+      const int rows = int(M - m0 < R ? M - m0 : R);
+      float acc[R] = {};
+      if (n < N) {
+        for (int64_t k0 = k_begin + lane * kLaneElements; k0 < k_end; k0 += U * kWarpElements) {
+          float w[U][kLaneElements];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        if (u == 1 && !second) break;
-        const int64_t k = k0 + u * 32 * 8;
+          for (int u = 0; u < U; ++u)
+            if (k0 + u * kWarpElements < k_end) W::load8(row, k0 + u * kWarpElements, w[u]);
 #pragma unroll
-        for (int m = 0; m < kRowsPerPass; ++m) {
-          if (m < rows) {
-            const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
-            const float4 a = xp[0], b = xp[1];
-            acc[m] += w[u][0] * a.x + w[u][1] * a.y + w[u][2] * a.z + w[u][3] * a.w + w[u][4] * b.x + w[u][5] * b.y +
-                      w[u][6] * b.z + w[u][7] * b.w;
+          for (int u = 0; u < U; ++u) {
+            const int64_t k = k0 + u * kWarpElements;
+            if (k >= k_end) break;
+#pragma unroll
+            for (int m = 0; m < R; ++m) {
+              if (m >= rows) break;
+              const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
+              const float4 a = xp[0], b = xp[1];
+              acc[m] += w[u][0] * a.x + w[u][1] * a.y + w[u][2] * a.z + w[u][3] * a.w + w[u][4] * b.x +
+                        w[u][5] * b.y + w[u][6] * b.z + w[u][7] * b.w;
+            }
           }
         }
       }
-    }
 #pragma unroll
-    for (int m = 0; m < kRowsPerPass; ++m) {
-      float s = acc[m];
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (lane == 0 && m < rows) {
-        float* out = y + (m0 + m) * N + n;
-        *out = accumulate ? *out + s : s;
+      for (int m = 0; m < R; ++m) {
+        float s = acc[m];
+        for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) sums[warp][m] = s;
       }
+      __syncthreads();
+      if (threadIdx.x < rows_per_block * R) {  // one thread per (weight row, row of x)
+        const int r = threadIdx.x % rows_per_block, m = threadIdx.x / rows_per_block;
+        const int64_t out_n = group * rows_per_block + r;
+        if (out_n < N && m < rows) {
+          float total = 0;
+          for (int sl = 0; sl < slices; ++sl) total += sums[sl * rows_per_block + r][m];
+          float* out = y + (m0 + m) * N + out_n;
+          *out = accumulate ? *out + total : total;
+        }
+      }
+      __syncthreads();  // sums is rewritten by the next pass
     }
   }
+}
+
+template <class W>
+void launch(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s) {
+  // Rows per block: as many as keep about 1024 blocks (8 per SM), so wide matrices give each warp
+  // a long stretch of one row and narrow ones split their rows over more warps.
+  int rows_per_block = kWarps;
+  while (rows_per_block > 1 && w.rows / rows_per_block < 1024) rows_per_block /= 2;
+  const auto args = [&](auto kernel) {
+    // As many blocks as fit on the GPU at once (each walks several groups of rows), at most one per group.
+    static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
+    if (resident == 0) {
+      int device = 0, sms = 0, per_sm = 0;
+      cudaGetDevice(&device);
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, 0);
+      resident = std::max(1, sms * per_sm);
+    }
+    const unsigned blocks = unsigned(std::min<int64_t>(resident, (w.rows + rows_per_block - 1) / rows_per_block));
+    kernel<<<blocks, 32 * kWarps, 0, s>>>(x, M, w.data, w.rows, w.cols, y, accumulate, rows_per_block);
+  };
+  if (M == 1) args(matmul_kernel<W, 1, 4>);
+  else if (M == 2) args(matmul_kernel<W, 2, 4>);
+  else if (M <= 4) args(matmul_kernel<W, 4, 2>);
+  else args(matmul_kernel<W, 8, 2>);
 }
 
 }  // namespace
@@ -88,13 +136,12 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool acc
     std::snprintf(why, sizeof why, "CUDA matmul: %lld columns is not a multiple of 8", (long long)w.cols);
     detail::fail_with(why);
   }
-  const unsigned blocks = detail::blocks_for(w.rows, kWarpsPerBlock);
   switch (w.dtype) {
     case DType::BF16:
-      matmul_kernel<Bf16Row><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(x, M, w.data, w.rows, w.cols, y, accumulate);
+      launch<Bf16Row>(x, M, w, y, accumulate, s);
       break;
     case DType::F32:
-      matmul_kernel<F32Row><<<blocks, 32 * kWarpsPerBlock, 0, s>>>(x, M, w.data, w.rows, w.cols, y, accumulate);
+      launch<F32Row>(x, M, w, y, accumulate, s);
       break;
     default:
       std::snprintf(why, sizeof why, "CUDA matmul: %.*s weights are not supported yet (f32 and bf16 are)",

@@ -24,6 +24,8 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const i
 void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s);
 // x += y.
 void add(float* x, const float* y, int64_t n, Stream s);
+// y = x rounded to bf16 (nearest even), as bit patterns.
+void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s);
 
 // A weight matrix in device memory, rows of `cols` back to back: f32 or bf16.
 struct DeviceMatrix {
@@ -45,15 +47,28 @@ void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, cons
               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s);
 
 // Causal attention for n_tokens query tokens [n][n_heads][head_dim]: token t sees positions
-// 0..pos[t] of its sequence; max_pos is the largest pos[t] (it sizes the split of long contexts). Local query head h is model head head_offset + h and reads local kv
-// head (head_offset + h) / group - kv_head_offset.
+// 0..pos[t] of its sequence. Local query head h is model head head_offset + h and reads local kv
+// head (head_offset + h) / group - kv_head_offset. head_dim: a multiple of 32, at most 256.
 struct AttentionShape {
   int64_t n_heads = 0, group = 1, head_offset = 0, kv_head_offset = 0;
   KvShape kv;
 };
+// Long contexts are split over `splits` blocks per (token, head) (flash-decoding), whose partial
+// results need attention_partial_floats() floats of scratch; attention_splits() picks the count
+// from the longest position of the step (max_pos) so that the GPU is full.
+int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
+int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape);
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t max_pos, AttentionShape shape,
-               float* out, Stream s);
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
+               float* partial, float* out, Stream s);
+
+// The pieces of tensor-core attention for a long prompt (tensor_core_gemm.h): keys and values of
+// positions [0, length) of one sequence gathered to contiguous [kv head][length][head_dim], and a
+// causal softmax in place over score rows [heads][rows][length] whose row r is position
+// first_pos + r (keys past it get 0).
+void gather_kv(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length, KvShape shape,
+               float* k_out, float* v_out, Stream s);
+void causal_softmax(float* scores, int64_t heads, int64_t rows, int64_t length, int64_t first_pos, Stream s);
 
 }  // namespace shardlm::cuda
 

@@ -7,9 +7,11 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_core_gemm.h"
 #include "model/rope.h"
 
 namespace shardlm {
@@ -34,10 +36,11 @@ struct CudaTransformer::Impl {
   DeviceMatrix lm_head;
   std::vector<DeviceBuffer> k_pools, v_pools;  // per layer
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
+  std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
-  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits;
+  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits, splits;
   std::vector<float> host_partial;
-  std::vector<int32_t> host_tables, host_offsets, host_positions;
+  std::vector<int32_t> host_tables, host_offsets, host_positions, segment_tables;
 
   ~Impl() {
     if (stream) cudaStreamDestroy(stream);
@@ -74,6 +77,12 @@ struct CudaTransformer::Impl {
     }
     return {dtype, b.get(), m.rows, m.cols};
   }
+
+  // y (+)= x W^T: a prefill's many rows on the tensor cores, a decode step's few by streaming W.
+  void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate) {
+    if (gemm && n >= cuda::TensorCoreGemm::kMinRows) gemm->run(x_rows, n, w, y, accumulate);
+    else cuda::matmul(x_rows, n, w, y, accumulate, stream);
+  }
 };
 
 CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_(std::make_unique<Impl>()) {
@@ -101,6 +110,9 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
     d.lm_head = d.upload_matrix(w.lm_head);
   }
   d.inv_freq = d.upload_vector(rope_inverse_frequencies(w.config));
+  std::string why;
+  d.gemm = cuda::TensorCoreGemm::create(d.stream, &why);
+  if (!d.gemm) log_info("rank {}: prefill without tensor cores: {}", rank, why);
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
 }
 
@@ -141,9 +153,12 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const cudaStream_t s = d.stream;
   // Where each token's keys and values go: its position and its sequence's block table.
   const int64_t n = reserve_segments(c, segments, cache);
-  d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
+  d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear(), d.segment_tables.clear();
+  bool long_segment = false;  // one that takes the tensor cores' attention
   for (const Segment& seg : segments) {
     const int32_t offset = int32_t(d.host_tables.size());
+    d.segment_tables.push_back(offset);
+    long_segment |= d.gemm && seg.n_tokens >= cuda::TensorCoreGemm::kMinRows;
     const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
     d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
     for (int64_t i = 0; i < seg.n_tokens; ++i) {
@@ -162,33 +177,68 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   for (DeviceBuffer* b : {&d.gate, &d.up}) b->grow(size_t(n * d.ffn) * 4);
   float* dx = d.x.get<float>();
 
-  // x += W a, summed over the stage's TP ranks when this rank holds a slice.
+  // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
+  // the device all-reduce when there is one, else through the host.
   auto project_and_add = [&](const DeviceMatrix& m, const float* a) {
     if (!w_.tensor_parallel) {
-      cuda::matmul(a, n, m, dx, /*accumulate=*/true, s);
+      d.matmul(a, n, m, dx, /*accumulate=*/true);
       return;
     }
-    SHARDLM_CHECK(bool(all_reduce_), "internal: tensor-parallel weights without an all-reduce");
-    cuda::matmul(a, n, m, d.partial.get<float>(), false, s);
-    d.host_partial.resize(size_t(n * H));
-    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.host_partial.data(), d.partial.get(), size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
-    SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
-    all_reduce_(d.host_partial.data(), n * H);
-    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.partial.get(), d.host_partial.data(), size_t(n * H) * 4, cudaMemcpyHostToDevice, s));
+    d.matmul(a, n, m, d.partial.get<float>(), false);
+    if (device_all_reduce_) {
+      device_all_reduce_->sum(d.partial.get<float>(), n * H, s);
+    } else {
+      SHARDLM_CHECK(bool(all_reduce_), "internal: tensor-parallel weights without an all-reduce");
+      d.host_partial.resize(size_t(n * H));
+      SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.host_partial.data(), d.partial.get(), size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
+      SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
+      all_reduce_(d.host_partial.data(), n * H);
+      SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.partial.get(), d.host_partial.data(), size_t(n * H) * 4, cudaMemcpyHostToDevice, s));
+    }
     cuda::add(dx, d.partial.get<float>(), n * H, s);
   };
   const bool adjacent = c.rope_style == RopeStyle::Adjacent;
   const cuda::KvShape kv_shape{d.n_kv_heads, D, KvCache::kDefaultBlockSize};
   const cuda::AttentionShape shape{d.n_heads, c.num_heads / c.num_kv_heads, w_.slice.head_begin, w_.slice.kv_head_begin,
                                    kv_shape};
+  // Attention: a step of short segments (decode) in one launch of the paged kernel; with a long one
+  // (prefill), each long segment on the tensor cores and each short one on the kernel.
+  const int64_t splits = cuda::attention_splits(n, max_pos, shape);
+  std::vector<int64_t> segment_splits;  // with a long segment: each short one's own split
+  int64_t partial_floats = cuda::attention_partial_floats(n, splits, shape);
+  for (const Segment& seg : segments) {
+    segment_splits.push_back(cuda::attention_splits(seg.n_tokens, seg.start + seg.n_tokens - 1, shape));
+    partial_floats = std::max(partial_floats, cuda::attention_partial_floats(seg.n_tokens, segment_splits.back(), shape));
+  }
+  d.splits.grow(size_t(partial_floats) * 4 + 4);
+  auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
+    if (!long_segment) {
+      cuda::attention(q_rows, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>(),
+                      d.positions.get<int32_t>(), n, splits, shape, d.splits.get<float>(), out, s);
+      return;
+    }
+    int64_t t = 0;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const Segment& seg = segments[i];
+      if (seg.n_tokens >= cuda::TensorCoreGemm::kMinRows) {
+        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>() + d.segment_tables[i], seg.start,
+                          seg.n_tokens, shape, out + t * q_dim);
+      } else {
+        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>() + t,
+                        d.positions.get<int32_t>() + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
+                        out + t * q_dim, s);
+      }
+      t += seg.n_tokens;
+    }
+  };
   float *h = d.h.get<float>(), *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
   const int32_t *tables = d.tables.get<int32_t>(), *offsets = d.offsets.get<int32_t>(), *pos = d.positions.get<int32_t>();
   for (size_t l = 0; l < d.layers.size(); ++l) {
     const DeviceLayer& L = d.layers[l];
     cuda::rmsnorm(dx, L.attn_norm.get<float>(), h, n, H, eps, s);
-    cuda::matmul(h, n, L.q, q, false, s);
-    cuda::matmul(h, n, L.k, k, false, s);
-    cuda::matmul(h, n, L.v, v, false, s);
+    d.matmul(h, n, L.q, q, false);
+    d.matmul(h, n, L.k, k, false);
+    d.matmul(h, n, L.v, v, false);
     if (L.q_norm.bytes()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
       cuda::rmsnorm(q, L.q_norm.get<float>(), q, n * d.n_heads, D, eps, s);
       cuda::rmsnorm(k, L.k_norm.get<float>(), k, n * d.n_kv_heads, D, eps, s);
@@ -197,15 +247,16 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
     float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
     cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
-    cuda::attention(q, k_pool, v_pool, tables, offsets, pos, n, max_pos, shape, d.attn.get<float>(), s);
+    attend(q, k_pool, v_pool, d.attn.get<float>());
     project_and_add(L.o, d.attn.get<float>());
 
     cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
-    cuda::matmul(h, n, L.gate, d.gate.get<float>(), false, s);
-    cuda::matmul(h, n, L.up, d.up.get<float>(), false, s);
+    d.matmul(h, n, L.gate, d.gate.get<float>(), false);
+    d.matmul(h, n, L.up, d.up.get<float>(), false);
     cuda::swiglu(d.gate.get<float>(), d.up.get<float>(), d.gate.get<float>(), n * d.ffn, s);
     project_and_add(L.down, d.gate.get<float>());
   }
+  if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
   SHARDLM_CUDA_CHECK(cudaMemcpyAsync(x, dx, size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
 }

@@ -1,8 +1,9 @@
 // The forward pass of model/transformer.h on one NVIDIA GPU: the rank's weights are copied to the
 // device once (f32 and bf16 as they are; f16 widened to f32), the KV cache lives on the device
 // under the same block ids as the host bookkeeping, and each call moves only the activations
-// across PCIe. Tensor-parallel partial sums go through the host all-reduce of the runtime
-// (NCCL, which keeps them on the device, is the next step).
+// across PCIe. Tensor-parallel partial sums stay on the device with a DeviceAllReduce (NCCL), or
+// go through the host all-reduce of the runtime without one. Prefill's products run on the tensor
+// cores (cuBLAS) where it can be loaded.
 #pragma once
 #include <memory>
 #include <vector>
@@ -19,6 +20,8 @@ class CudaTransformer : public ForwardPass {
   ~CudaTransformer() override;
 
   void set_all_reduce(AllReduce fn) override { all_reduce_ = std::move(fn); }
+  void set_device_all_reduce(DeviceAllReduce* r) override { device_all_reduce_ = r; }
+  int device_ordinal() const override { return device_; }
   const ModelConfig& config() const override { return w_.config; }
   int64_t cache_block_bytes() const override;
   KvCache make_cache(int64_t blocks) override;
@@ -34,6 +37,7 @@ class CudaTransformer : public ForwardPass {
   struct Impl;
   const ModelWeights& w_;
   AllReduce all_reduce_;
+  DeviceAllReduce* device_all_reduce_ = nullptr;
   int device_ = 0;
   std::unique_ptr<Impl> impl_;
 };

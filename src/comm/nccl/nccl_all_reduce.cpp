@@ -1,0 +1,153 @@
+#include "comm/nccl/nccl_all_reduce.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "core/log.h"
+#include "core/shared_library.h"
+
+namespace shardlm::comm {
+namespace {
+
+// The NCCL entry points used, resolved once per process.
+struct Nccl {
+  decltype(&ncclGetUniqueId) get_unique_id = nullptr;
+  decltype(&ncclCommInitRank) init_rank = nullptr;
+  decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclCommGetAsyncError) async_error = nullptr;
+  decltype(&ncclCommAbort) abort = nullptr;
+  decltype(&ncclCommDestroy) destroy = nullptr;
+  decltype(&ncclGetErrorString) error_string = nullptr;
+  std::string why;
+};
+
+const Nccl& nccl() {
+  static const Nccl api = [] {
+    Nccl a;
+    const SharedLibrary lib =
+        SharedLibrary::open("SHARDLM_NCCL", {"libnccl.so.2", "/usr/local/cuda/lib64/libnccl.so.2"});
+    if (!lib) {
+      a.why = "NCCL not found (" + lib.why() + "); set SHARDLM_NCCL to its path";
+      return a;
+    }
+    try {
+      a.get_unique_id = lib.function<std::remove_pointer_t<decltype(&ncclGetUniqueId)>>("ncclGetUniqueId");
+      a.init_rank = lib.function<std::remove_pointer_t<decltype(&ncclCommInitRank)>>("ncclCommInitRank");
+      a.all_reduce = lib.function<std::remove_pointer_t<decltype(&ncclAllReduce)>>("ncclAllReduce");
+      a.async_error = lib.function<std::remove_pointer_t<decltype(&ncclCommGetAsyncError)>>("ncclCommGetAsyncError");
+      a.abort = lib.function<std::remove_pointer_t<decltype(&ncclCommAbort)>>("ncclCommAbort");
+      a.destroy = lib.function<std::remove_pointer_t<decltype(&ncclCommDestroy)>>("ncclCommDestroy");
+      a.error_string = lib.function<std::remove_pointer_t<decltype(&ncclGetErrorString)>>("ncclGetErrorString");
+    } catch (const Error& e) {
+      a.init_rank = nullptr;
+      a.why = e.what();
+    }
+    return a;
+  }();
+  return api;
+}
+
+void check_nccl(ncclResult_t r, const char* what, int rank) {
+  if (r != ncclSuccess) throw CommError(fmt::format("NCCL on rank {}: {} failed: {}", rank, what, nccl().error_string(r)));
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA: {} failed: {}", what, cudaGetErrorString(e));
+}
+
+// What each rank tells the others before they start NCCL.
+struct Offer {
+  int32_t loaded;  // this rank found NCCL
+  int32_t device;
+};
+
+}  // namespace
+
+std::unique_ptr<NcclAllReduce> NcclAllReduce::create(Group& group, int device, std::chrono::seconds timeout,
+                                                     std::string* why) {
+  const Nccl& api = nccl();
+  const Offer mine{api.init_rank != nullptr, device};
+  std::vector<Offer> all(size_t(group.size()));
+  group.all_gather(&mine, sizeof mine, all.data());
+  for (int r = 0; r < group.size(); ++r) {
+    if (!all[size_t(r)].loaded) {
+      *why = r == group.rank() ? api.why : fmt::format("rank {} of the group has no NCCL", r);
+      return nullptr;
+    }
+    for (int s = 0; s < r; ++s)
+      if (all[size_t(s)].device == all[size_t(r)].device) {
+        *why = fmt::format("ranks {} and {} of the group share GPU {}", s, r, all[size_t(r)].device);
+        return nullptr;
+      }
+  }
+  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);  // NVLink multicast: off unless asked for
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (group.rank() == 0) check_nccl(api.get_unique_id(&id), "ncclGetUniqueId", 0);
+  std::vector<ncclUniqueId> ids(size_t(group.size()));
+  group.all_gather(&id, sizeof id, ids.data());  // the host group is authenticated: only peers see it
+  std::unique_ptr<NcclAllReduce> r(new NcclAllReduce);
+  r->rank_ = group.rank();
+  r->timeout_ = timeout;
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  ncclComm_t comm = nullptr;
+  check_nccl(api.init_rank(&comm, group.size(), ids[0], group.rank()), "ncclCommInitRank", group.rank());
+  r->comm_ = comm;
+  return r;
+}
+
+NcclAllReduce::~NcclAllReduce() {
+  for (auto& [a, b] : events_) cudaEventDestroy(cudaEvent_t(a)), cudaEventDestroy(cudaEvent_t(b));
+  if (comm_) nccl().destroy(ncclComm_t(comm_));
+}
+
+void NcclAllReduce::sum(float* data, int64_t count, void* stream) {
+  const cudaStream_t s = cudaStream_t(stream);
+  if (used_events_ == events_.size()) {
+    cudaEvent_t a, b;
+    check_cuda(cudaEventCreate(&a), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&b), "cudaEventCreate");
+    events_.emplace_back(a, b);
+  }
+  auto [start, end] = events_[used_events_++];
+  check_cuda(cudaEventRecord(cudaEvent_t(start), s), "cudaEventRecord");
+  check_nccl(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s), "ncclAllReduce",
+             rank_);
+  check_cuda(cudaEventRecord(cudaEvent_t(end), s), "cudaEventRecord");
+}
+
+void NcclAllReduce::wait(void* stream) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(cudaStream_t(stream));
+    if (e == cudaSuccess) break;
+    if (e != cudaErrorNotReady) check_cuda(e, "a step's kernels");
+    ncclResult_t async = ncclSuccess;
+    nccl().async_error(ncclComm_t(comm_), &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      nccl().abort(ncclComm_t(comm_));
+      comm_ = nullptr;
+      throw CommError(fmt::format("NCCL on rank {}: {} (a peer lost?)", rank_, nccl().error_string(async)));
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      nccl().abort(ncclComm_t(comm_));
+      comm_ = nullptr;
+      throw CommError(fmt::format("NCCL on rank {}: a step's all-reduces did not finish in {} s (a peer lost?)", rank_,
+                                  timeout_.count()));
+    }
+    std::this_thread::yield();
+  }
+  for (size_t i = 0; i < used_events_; ++i) {
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, cudaEvent_t(events_[i].first), cudaEvent_t(events_[i].second)),
+               "cudaEventElapsedTime");
+    seconds_ += ms / 1e3;
+  }
+  used_events_ = 0;
+}
+
+}  // namespace shardlm::comm

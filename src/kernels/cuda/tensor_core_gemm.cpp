@@ -1,0 +1,144 @@
+#include "kernels/cuda/tensor_core_gemm.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/shared_library.h"
+
+namespace shardlm::cuda {
+namespace {
+
+// cublasGemmEx's C signature (C++ sees an overload set).
+using GemmEx = cublasStatus_t(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                              const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                              cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+
+using GemmStridedBatchedEx = cublasStatus_t(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                            const void*, const void*, cudaDataType, int, long long, const void*,
+                                            cudaDataType, int, long long, const void*, void*, cudaDataType, int,
+                                            long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+
+// The few cuBLAS entry points used, resolved once per process.
+struct Cublas {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  GemmEx* gemm = nullptr;
+  GemmStridedBatchedEx* gemm_batched = nullptr;
+  std::string why;
+};
+
+const Cublas& cublas() {
+  static const Cublas api = [] {
+    Cublas a;
+    const SharedLibrary lib = SharedLibrary::open(
+        "SHARDLM_CUBLAS", {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13", "libcublas.so.12"});
+    if (!lib) {
+      a.why = "cuBLAS not found (" + lib.why() + "); set SHARDLM_CUBLAS to its path";
+      return a;
+    }
+    try {
+      a.create = lib.function<cublasStatus_t(cublasHandle_t*)>("cublasCreate_v2");
+      a.destroy = lib.function<cublasStatus_t(cublasHandle_t)>("cublasDestroy_v2");
+      a.set_stream = lib.function<cublasStatus_t(cublasHandle_t, cudaStream_t)>("cublasSetStream_v2");
+      a.gemm = lib.function<GemmEx>("cublasGemmEx");
+      a.gemm_batched = lib.function<GemmStridedBatchedEx>("cublasGemmStridedBatchedEx");
+    } catch (const Error& e) {
+      a.create = nullptr;
+      a.why = e.what();
+    }
+    return a;
+  }();
+  return api;
+}
+
+void check(cublasStatus_t status, const char* what) {
+  SHARDLM_CHECK(status == CUBLAS_STATUS_SUCCESS, "cuBLAS: {} failed (status {})", what, int(status));
+}
+
+}  // namespace
+
+std::unique_ptr<TensorCoreGemm> TensorCoreGemm::create(Stream s, std::string* why) {
+  const Cublas& api = cublas();
+  if (!api.create) {
+    *why = api.why;
+    return nullptr;
+  }
+  std::unique_ptr<TensorCoreGemm> g(new TensorCoreGemm);
+  cublasHandle_t h = nullptr;
+  check(api.create(&h), "cublasCreate");
+  g->handle_ = h;
+  g->stream_ = s;
+  check(api.set_stream(h, s), "cublasSetStream");
+  return g;
+}
+
+TensorCoreGemm::~TensorCoreGemm() {
+  if (handle_) cublas().destroy(static_cast<cublasHandle_t>(handle_));
+}
+
+void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
+  if (M == 0 || w.rows == 0) return;
+  SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F32, "internal: tensor-core product of {} weights",
+                dtype_name(w.dtype));
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
+  const void* b = x;
+  cudaDataType_t type = CUDA_R_32F;
+  if (w.dtype == DType::BF16) {
+    x_bf16_.grow(size_t(M * w.cols) * 2);
+    to_bf16(x, x_bf16_.get<uint16_t>(), M * w.cols, stream_);
+    b = x_bf16_.get();
+    type = CUDA_R_16BF;
+  }
+  check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols),
+                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta, y, CUDA_R_32F, int(w.rows),
+                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
+}
+
+void TensorCoreGemm::attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* table,
+                               int64_t start, int64_t n, const AttentionShape& shape, float* out) {
+  if (n == 0 || shape.n_heads == 0) return;
+  const int64_t D = shape.kv.head_dim, H = shape.n_heads, length = start + n, row_floats = H * D;
+  k_rows_.grow(size_t(shape.kv.n_kv_heads * length * D) * 4);
+  v_rows_.grow(size_t(shape.kv.n_kv_heads * length * D) * 4);
+  gather_kv(k_pool, v_pool, table, length, shape.kv, k_rows_.get<float>(), v_rows_.get<float>(), stream_);
+  // Query rows in blocks whose scores [heads][rows][keys] fit kScoreBytes.
+  const int64_t block = std::max<int64_t>(1, std::min(n, kScoreBytes / 4 / (H * length)));
+  scores_.grow(size_t(H * block * length) * 4);
+  const float scale = 1.0f / std::sqrt(float(D)), one = 1.0f, zero = 0.0f;
+  const auto& api = cublas();
+  const auto handle = static_cast<cublasHandle_t>(handle_);
+  float* S = scores_.get<float>();
+  for (int64_t r0 = 0; r0 < n; r0 += block) {
+    const int64_t rows = std::min(block, n - r0), keys = start + r0 + rows;  // later keys are all masked
+    // Each kv head's query heads as one batch: S_h [rows][keys] = Q_h K_g^T (column-major: K_g^T' Q_h^T).
+    for (int64_t h0 = 0, heads = 0; h0 < H; h0 += heads) {
+      const int64_t g = (shape.head_offset + h0) / shape.group - shape.kv_head_offset;
+      heads = std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group);  // the heads that read g
+      const float* K = k_rows_.get<float>() + g * length * D;
+      check(api.gemm_batched(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(keys), int(rows), int(D), &scale, K, CUDA_R_32F,
+                             int(D), 0, q + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, &zero,
+                             S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, int(heads),
+                             CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmStridedBatchedEx (scores)");
+    }
+    causal_softmax(S, H, rows, keys, start + r0, stream_);
+    // O_h [rows][D] = P_h [rows][keys] V_g [keys][D], written into out's [token][head][D] rows.
+    for (int64_t h0 = 0, heads = 0; h0 < H; h0 += heads) {
+      const int64_t g = (shape.head_offset + h0) / shape.group - shape.kv_head_offset;
+      heads = std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group);  // the heads that read g
+      const float* V = v_rows_.get<float>() + g * length * D;
+      check(api.gemm_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(D), int(rows), int(keys), &one, V, CUDA_R_32F,
+                             int(D), 0, S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, &zero,
+                             out + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, int(heads),
+                             CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmStridedBatchedEx (values)");
+    }
+  }
+}
+
+}  // namespace shardlm::cuda
