@@ -19,6 +19,7 @@
 #include "runtime/cluster.h"
 #if SHARDLM_HAVE_CUDA
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_core_gemm.h"
 #endif
 
 namespace shardlm::cli {
@@ -123,8 +124,11 @@ void run_bench(BenchFlags& f) {
   std::string device_name = "cpu";
   if (gpu) {
 #if SHARDLM_HAVE_CUDA
-    log_info("bench: measuring GPU 0's read bandwidth");
+    log_info("bench: measuring GPU 0's read bandwidth and bf16 matrix-product FLOP/s");
     read_bw = cuda::measure_read_bandwidth(0);
+    std::string why;
+    fma_peak = cuda::TensorCoreGemm::measure_bf16_flops(0, &why);  // 0 without cuBLAS
+    if (fma_peak == 0) log_info("bench: no bf16 FLOP/s ceiling: {}", why);
     device_name = cuda::device_name(0);
 #endif
   }
@@ -181,7 +185,7 @@ void run_bench(BenchFlags& f) {
                       {"prompt_tokens", f.prompt_tokens},
                       {"prefill_tok_s", prefill_tok_s},
                       {"prefill_flop_s", prefill_flop_s},
-                      {"prefill_fraction_of_fma_peak", gpu ? nlohmann::json(nullptr) : nlohmann::json(prefill_flop_s / fma_peak)},
+                      {"prefill_fraction_of_fma_peak", fma_peak > 0 ? nlohmann::json(prefill_flop_s / fma_peak) : nlohmann::json(nullptr)},
                       {"decode_tokens", f.decode_tokens},
                       {"decode_tok_s", decode_tok_s},
                       {"decode_bytes_per_token", bytes_per_token},
@@ -198,8 +202,9 @@ void run_bench(BenchFlags& f) {
   fmt::print("model            {} ({}, {}, {})\n", f.cluster.model_path, cost.dtype, layout, simd_level_name(simd_level()));
   fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", cluster.load_s(), largest_rss / 1e9);
   if (gpu)
-    fmt::print("ceilings         {} read bandwidth {:.1f} GB/s (measured after the run); largest GPU memory of a rank "
-               "{:.2f} GB\n", device_name, read_bw / 1e9, largest_device / 1e9);
+    fmt::print("ceilings         {} read bandwidth {:.1f} GB/s, bf16 matrix products {:.1f} TFLOP/s (measured after the "
+               "run); largest GPU memory of a rank {:.2f} GB\n", device_name, read_bw / 1e9, fma_peak / 1e12,
+               largest_device / 1e9);
   else
     fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
                fma_peak / 1e9);
@@ -210,13 +215,13 @@ void run_bench(BenchFlags& f) {
     fmt::print("decode, batch {}  {:.2f} tok/s aggregate; {:.1f} steps/s stream {:.1f} GB/s of weights = {:.0f}% of read "
                "bandwidth (median of {})\n",
                f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
-  if (gpu)  // no GPU FLOP/s ceiling yet (a cuBLAS matmul probe comes with the cuBLAS prefill path)
+  if (fma_peak > 0)
+    fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of {} (chunk {}, longest step {:.3f} s)\n",
+               f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
+               gpu ? "bf16 matrix-product FLOP/s" : "FMA peak", f.cluster.prefill_chunk, longest_step);
+  else
     fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s (chunk {}, longest step {:.3f} s)\n", f.prompt_tokens,
                prefill_tok_s, prefill_flop_s / 1e9, f.cluster.prefill_chunk, longest_step);
-  else
-    fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of FMA peak (chunk {}, longest step {:.3f} s)\n",
-               f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
-               f.cluster.prefill_chunk, longest_step);
   if (split) {
     for (const auto& r : ranks)
       fmt::print("rank {}          stage {} tp {}: load {:.2f} s, peak RSS {:.2f} GB, {:.0f}% of step time in communication\n",

@@ -63,6 +63,9 @@ class ForwardPass {
   virtual void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) = 0;
   // Final norm and lm_head on the given rows of x: logits [rows][local_vocab()].
   virtual void head(const float* x, std::span<const int64_t> rows, float* logits) = 0;
+  // Greedy decoding's part of head(): each row's largest logit and its local id (the lowest id of
+  // equal ones). By default from head()'s logits; a GPU finds them where the logits are.
+  virtual void head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids);
 
   // Accelerator memory this rank holds (weights and KV cache); 0 on the CPU.
   virtual int64_t device_bytes() const { return 0; }

@@ -85,6 +85,19 @@ void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   project_and_add(L.down, gate_.data(), n, x);
 }
 
+void ForwardPass::head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) {
+  const int64_t V = local_vocab();
+  std::vector<float> logits(rows.size() * size_t(V));
+  head(x, rows, logits.data());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const float* row = logits.data() + r * size_t(V);
+    int64_t best = 0;
+    for (int64_t i = 1; i < V; ++i)
+      if (row[i] > row[best]) best = i;
+    values[r] = row[best], ids[r] = int32_t(best);
+  }
+}
+
 int64_t reserve_segments(const ModelConfig& c, std::span<const Segment> segments, KvCache& cache) {
   int64_t n = 0;
   for (const Segment& s : segments) {

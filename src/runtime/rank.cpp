@@ -134,20 +134,23 @@ static_assert(sizeof(BestLogit) == 8);
 
 void Rank::head_rows(const float* x, std::span<const int64_t> rows, bool greedy) {
   const int64_t m = int64_t(rows.size()), local = transformer_->local_vocab();
-  std::vector<float> logits(size_t(m * local));
-  transformer_->head(x, rows, logits.data());
+  std::vector<float> reply;
   if (greedy) {  // [m] BestLogit, ids in the whole vocabulary (the lowest wins a tie, as argmax)
     const int64_t base = plan_.vocab_of(world_.rank()).begin;
-    std::vector<float> best(size_t(m) * 2);
+    std::vector<float> values(static_cast<size_t>(m));
+    std::vector<int32_t> ids(static_cast<size_t>(m));
+    transformer_->head_argmax(x, rows, values.data(), ids.data());
+    reply.resize(size_t(m) * 2);
     for (int64_t i = 0; i < m; ++i) {
-      const int32_t id = argmax(logits.data() + i * local, local);
-      BestLogit b{logits[size_t(i * local + id)], int32_t(base + id)};
-      std::memcpy(best.data() + 2 * i, &b, sizeof b);
+      const BestLogit b{values[size_t(i)], int32_t(base + ids[size_t(i)])};
+      std::memcpy(reply.data() + 2 * i, &b, sizeof b);
     }
-    logits = std::move(best);
+  } else {
+    reply.resize(size_t(m * local));
+    transformer_->head(x, rows, reply.data());
   }
-  if (world_.rank() == 0) own_slices_.push_back(std::move(logits));
-  else timed([&] { world_.send(0, logits.data(), logits.size() * 4); });
+  if (world_.rank() == 0) own_slices_.push_back(std::move(reply));
+  else timed([&] { world_.send(0, reply.data(), reply.size() * 4); });
 }
 
 void Rank::deferred_head() {

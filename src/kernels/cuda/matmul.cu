@@ -19,30 +19,38 @@ constexpr int kWarps = 8;
 constexpr int kLaneElements = 8;                   // one 16-byte bf16 load (two for f32)
 constexpr int kWarpElements = 32 * kLaneElements;  // 256 weights per warp-wide load
 
-// 8 consecutive weights as f32, from 16 bytes (bf16) or 32 bytes (f32).
+// 8 consecutive weights, loaded raw (16 bytes of bf16, 32 of f32: few registers per load in flight)
+// and widened to f32 only when multiplied with 8 values of x.
 struct Bf16Row {
   static constexpr int kBytes = 2;
-  __device__ static void load8(const void* row, int64_t k, float (&w)[8]) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(row) + k);
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      w[2 * i] = __uint_as_float(words[i] << 16);
-      w[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
+  using Raw = uint4;
+  __device__ static Raw load(const void* row, int64_t k) {
+    return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(row) + k);
+  }
+  __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
+    auto lo = [](uint32_t v) { return __uint_as_float(v << 16); };
+    auto hi = [](uint32_t v) { return __uint_as_float(v & 0xffff0000u); };
+    return lo(w.x) * a.x + hi(w.x) * a.y + lo(w.y) * a.z + hi(w.y) * a.w + lo(w.z) * b.x + hi(w.z) * b.y +
+           lo(w.w) * b.z + hi(w.w) * b.w;
   }
 };
 struct F32Row {
   static constexpr int kBytes = 4;
-  __device__ static void load8(const void* row, int64_t k, float (&w)[8]) {
+  struct Raw {
+    float4 a, b;
+  };
+  __device__ static Raw load(const void* row, int64_t k) {
     const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(row) + k);
-    const float4 a = p[0], b = p[1];
-    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+    return {p[0], p[1]};
+  }
+  __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
+    return w.a.x * a.x + w.a.y * a.y + w.a.z * a.z + w.a.w * a.w + w.b.x * b.x + w.b.y * b.y + w.b.z * b.z +
+           w.b.w * b.w;
   }
 };
 
 template <class W, int R, int U>  // R rows of x per pass, U loads in flight per lane
-__global__ void __launch_bounds__(32 * kWarps) matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N,
+__global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N,
                                                              int64_t K, float* y, bool accumulate, int rows_per_block) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slices = kWarps / rows_per_block, slice = warp / rows_per_block;
@@ -61,10 +69,10 @@ __global__ void __launch_bounds__(32 * kWarps) matmul_kernel(const float* x, int
       float acc[R] = {};
       if (n < N) {
         for (int64_t k0 = k_begin + lane * kLaneElements; k0 < k_end; k0 += U * kWarpElements) {
-          float w[U][kLaneElements];
+          typename W::Raw w[U];
 #pragma unroll
           for (int u = 0; u < U; ++u)
-            if (k0 + u * kWarpElements < k_end) W::load8(row, k0 + u * kWarpElements, w[u]);
+            if (k0 + u * kWarpElements < k_end) w[u] = W::load(row, k0 + u * kWarpElements);
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             const int64_t k = k0 + u * kWarpElements;
@@ -74,8 +82,7 @@ __global__ void __launch_bounds__(32 * kWarps) matmul_kernel(const float* x, int
               if (m >= rows) break;
               const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
               const float4 a = xp[0], b = xp[1];
-              acc[m] += w[u][0] * a.x + w[u][1] * a.y + w[u][2] * a.z + w[u][3] * a.w + w[u][4] * b.x +
-                        w[u][5] * b.y + w[u][6] * b.z + w[u][7] * b.w;
+              acc[m] += W::dot(w[u], a, b);
             }
           }
         }
@@ -121,10 +128,10 @@ void launch(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool acc
     const unsigned blocks = unsigned(std::min<int64_t>(resident, (w.rows + rows_per_block - 1) / rows_per_block));
     kernel<<<blocks, 32 * kWarps, 0, s>>>(x, M, w.data, w.rows, w.cols, y, accumulate, rows_per_block);
   };
-  if (M == 1) args(matmul_kernel<W, 1, 4>);
+  if (M == 1) args(matmul_kernel<W, 1, 8>);
   else if (M == 2) args(matmul_kernel<W, 2, 4>);
   else if (M <= 4) args(matmul_kernel<W, 4, 2>);
-  else args(matmul_kernel<W, 8, 2>);
+  else args(matmul_kernel<W, 8, 1>);
 }
 
 }  // namespace

@@ -24,8 +24,16 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const i
 void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s);
 // x += y.
 void add(float* x, const float* y, int64_t n, Stream s);
+// Each of `rows` rows of `cols` logits: its largest value and that value's index (the lowest index
+// of equal ones, as a sequential scan keeping strictly larger values).
+void argmax_rows(const float* logits, int64_t rows, int64_t cols, float* values, int32_t* indices, Stream s);
 // y = x rounded to bf16 (nearest even), as bit patterns.
 void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s);
+// x = hi + lo in two bf16 parts (hi = bf16(x), lo = bf16(x - hi)): products of bf16 weights with
+// both, summed in f32, are within about 1e-5 of the f32 product.
+void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, Stream s);
+// y (+)= halves[i] + halves[n + i] for i < n.
+void add_halves(float* y, const float* halves, int64_t n, bool accumulate, Stream s);
 
 // A weight matrix in device memory, rows of `cols` back to back: f32 or bf16.
 struct DeviceMatrix {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/shared_library.h"
 
@@ -79,6 +80,11 @@ TensorCoreGemm::~TensorCoreGemm() {
   if (handle_) cublas().destroy(static_cast<cublasHandle_t>(handle_));
 }
 
+void TensorCoreGemm::reserve(int64_t M, int64_t cols, int64_t rows) {
+  x_bf16_.grow(size_t(2 * M * cols) * 2);
+  if (M < kPreciseRows) halves_.grow(size_t(2 * M * rows) * 4);
+}
+
 void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
   if (M == 0 || w.rows == 0) return;
   SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F32, "internal: tensor-core product of {} weights",
@@ -87,16 +93,28 @@ void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float
   // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
   const void* b = x;
   cudaDataType_t type = CUDA_R_32F;
+  int64_t rows = M;
+  float* out = y;
+  const bool precise = w.dtype == DType::BF16 && M < kPreciseRows;
   if (w.dtype == DType::BF16) {
-    x_bf16_.grow(size_t(M * w.cols) * 2);
-    to_bf16(x, x_bf16_.get<uint16_t>(), M * w.cols, stream_);
-    b = x_bf16_.get();
     type = CUDA_R_16BF;
+    reserve(M, w.cols, w.rows);
+    uint16_t* parts = x_bf16_.get<uint16_t>();
+    b = parts;
+    if (precise) {
+      split_bf16(x, parts, parts + M * w.cols, M * w.cols, stream_);
+      rows = 2 * M;
+      out = halves_.get<float>();
+    } else {
+      to_bf16(x, parts, M * w.cols, stream_);
+    }
   }
-  check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols),
-                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta, y, CUDA_R_32F, int(w.rows),
+  const float beta_used = precise ? 0.0f : beta;
+  check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(rows), int(w.cols),
+                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta_used, out, CUDA_R_32F, int(w.rows),
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
+  if (precise) add_halves(y, out, M * w.rows, accumulate, stream_);
 }
 
 void TensorCoreGemm::attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* table,
@@ -139,6 +157,45 @@ void TensorCoreGemm::attention(const float* q, const float* k_pool, const float*
             "cublasGemmStridedBatchedEx (values)");
     }
   }
+}
+
+double TensorCoreGemm::measure_bf16_flops(int device, std::string* why) {
+  SHARDLM_CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t s = nullptr;
+  SHARDLM_CUDA_CHECK(cudaStreamCreate(&s));
+  double result = 0;
+  {
+    std::unique_ptr<TensorCoreGemm> g = create(s, why);
+    if (g) {
+      constexpr int64_t n = 8192;
+      DeviceBuffer a(size_t(n * n) * 2), b(size_t(n * n) * 2), c(size_t(n * n) * 4);
+      SHARDLM_CUDA_CHECK(cudaMemsetAsync(a.get(), 0x3c, a.bytes(), s));  // bf16 0x3c3c: about 0.0115
+      SHARDLM_CUDA_CHECK(cudaMemsetAsync(b.get(), 0x3c, b.bytes(), s));
+      const float one = 1.0f, zero = 0.0f;
+      cudaEvent_t start, stop;
+      SHARDLM_CUDA_CHECK(cudaEventCreate(&start));
+      SHARDLM_CUDA_CHECK(cudaEventCreate(&stop));
+      std::vector<double> rates;
+      for (int pass = 0; pass < 6; ++pass) {
+        SHARDLM_CUDA_CHECK(cudaEventRecord(start, s));
+        check(cublas().gemm(static_cast<cublasHandle_t>(g->handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(n), int(n),
+                            &one, a.get(), CUDA_R_16BF, int(n), b.get(), CUDA_R_16BF, int(n), &zero, c.get(),
+                            CUDA_R_32F, int(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx (FLOP/s probe)");
+        SHARDLM_CUDA_CHECK(cudaEventRecord(stop, s));
+        SHARDLM_CUDA_CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        SHARDLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        if (pass > 0) rates.push_back(2.0 * double(n) * double(n) * double(n) / (double(ms) / 1e3));
+      }
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      std::sort(rates.begin(), rates.end());
+      result = rates[rates.size() / 2];
+    }
+  }
+  cudaStreamDestroy(s);
+  return result;
 }
 
 }  // namespace shardlm::cuda

@@ -17,14 +17,29 @@ class TensorCoreGemm {
   static std::unique_ptr<TensorCoreGemm> create(Stream s, std::string* why);
   ~TensorCoreGemm();
 
-  // Below this many rows of x a product reads its weights once with the weight-streaming kernel,
-  // which is as fast and exact in f32; from it on the tensor cores win.
-  static constexpr int64_t kMinRows = 32;
+  // One or two rows of x (a decode step of one or two sequences): the weight-streaming kernel reads
+  // the weights once, exact in f32. From 3 rows on (batched decode, prefill) the tensor cores read
+  // them as fast and the streaming kernel would slow down, reading x from L1 for every 8 weights
+  // of every row.
+  static constexpr int64_t kMinRows = 3;
+  // Attention takes the tensor cores for a segment of this many query tokens (a prompt's chunk);
+  // shorter ones, batched together, cost less on the paged kernel than launches per head group.
+  static constexpr int64_t kMinAttentionRows = 256;
 
-  // y [M][rows] (+)= x [M][cols] W^T, as cuda::matmul. bf16 weights multiply x rounded to bf16
-  // (the tensor cores' input; f32 accumulation), so results differ from the f32 path by bf16
-  // rounding of the activations; f32 weights stay in f32.
+  // y [M][rows] (+)= x [M][cols] W^T, as cuda::matmul; f32 accumulation. bf16 weights take x in
+  // bf16 (the tensor cores' input): below kPreciseRows rows (decode batches, short chunks, where
+  // the product is bound by reading W) as two bf16 parts hi + lo stacked into one product of 2M
+  // rows, within about 1e-5 of f32, so a sequence's tokens do not depend on its batch; from it on
+  // (prefill, bound by FLOP/s) rounded once, within bf16 rounding of the activations (about 1e-3).
+  // f32 weights stay in f32.
   void run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
+  static constexpr int64_t kPreciseRows = 64;
+
+  // Grows run()'s scratch for products of up to M rows of x and matrices of up to `cols` columns
+  // and `rows` rows: done before a CUDA graph capture, which must not allocate.
+  void reserve(int64_t M, int64_t cols, int64_t rows);
+  // That scratch's addresses (a captured graph names them).
+  std::pair<const void*, const void*> scratch() const { return {x_bf16_.get(), halves_.get()}; }
 
   // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out
   // [n][heads][head_dim], as cuda::attention) over its keys and values 0..start+n-1 in the paged
@@ -35,11 +50,15 @@ class TensorCoreGemm {
                  int64_t n, const AttentionShape& shape, float* out);
   static constexpr int64_t kScoreBytes = int64_t(512) << 20;
 
+  // The ceiling of prefill: bf16 FLOP/s of an 8192^3 product on `device` through this path (bf16
+  // in, f32 out), the median of 5 timed products after a warm-up. 0 with `why` set without cuBLAS.
+  static double measure_bf16_flops(int device, std::string* why);
+
  private:
   TensorCoreGemm() = default;
   void* handle_ = nullptr;  // cublasHandle_t
   Stream stream_ = nullptr;
-  DeviceBuffer x_bf16_, k_rows_, v_rows_, scores_;
+  DeviceBuffer x_bf16_, halves_, k_rows_, v_rows_, scores_;
 };
 
 }  // namespace shardlm::cuda

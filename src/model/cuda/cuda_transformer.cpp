@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -38,12 +40,60 @@ struct CudaTransformer::Impl {
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
-  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits, splits;
+  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits, splits, head_x, best;
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions, segment_tables;
 
+  // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
+  // captured once per (tokens, attention splits) and valid while the buffers it names stay put.
+  bool use_graphs = true;
+  std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs;
+  std::vector<const void*> graph_buffers;
+
   ~Impl() {
+    drop_graphs();
     if (stream) cudaStreamDestroy(stream);
+  }
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
+    graphs.clear();
+  }
+  // Scratch for `tokens` rows (grown here, not mid-step, so captured graphs stay valid).
+  void reserve_scratch(int64_t tokens, int64_t hidden, int64_t q_dim, int64_t kv_dim) {
+    for (DeviceBuffer* b : {&x, &h, &partial}) b->grow(size_t(tokens * hidden) * 4);
+    for (DeviceBuffer* b : {&q, &attn}) b->grow(size_t(tokens * q_dim) * 4);
+    for (DeviceBuffer* b : {&k, &v}) b->grow(size_t(tokens * kv_dim) * 4);
+    for (DeviceBuffer* b : {&gate, &up}) b->grow(size_t(tokens * ffn) * 4);
+    for (DeviceBuffer* b : {&offsets, &positions}) b->grow(size_t(tokens) * 4);
+    if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, ffn}));
+  }
+  // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first.
+  template <class F>
+  void replay(std::pair<int64_t, int64_t> key, F&& enqueue) {
+    const std::vector<const void*> buffers{x.get(),    h.get(),      q.get(),         k.get(),
+                                           v.get(),    attn.get(),   gate.get(),      up.get(),
+                                           tables.get(), offsets.get(), positions.get(), splits.get(),
+                                           gemm ? gemm->scratch().first : nullptr,
+                                           gemm ? gemm->scratch().second : nullptr};
+    if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
+    auto found = graphs.find(key);
+    if (found == graphs.end()) {
+      cudaGraph_t graph = nullptr;
+      SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue();
+      } catch (...) {
+        if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      SHARDLM_CUDA_CHECK(e);
+      found = graphs.emplace(key, exec).first;
+    }
+    SHARDLM_CUDA_CHECK(cudaGraphLaunch(found->second, stream));
   }
 
   template <class T>
@@ -110,6 +160,8 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
     d.lm_head = d.upload_matrix(w.lm_head);
   }
   d.inv_freq = d.upload_vector(rope_inverse_frequencies(w.config));
+  const char* graphs = std::getenv("SHARDLM_CUDA_GRAPHS");  // 0: launch every kernel (to compare)
+  d.use_graphs = !(graphs && std::string(graphs) == "0");
   std::string why;
   d.gemm = cuda::TensorCoreGemm::create(d.stream, &why);
   if (!d.gemm) log_info("rank {}: prefill without tensor cores: {}", rank, why);
@@ -125,8 +177,12 @@ int64_t CudaTransformer::cache_block_bytes() const {
 KvCache CudaTransformer::make_cache(int64_t blocks) {
   Impl& d = *impl_;
   const size_t layer_bytes = size_t(blocks * KvCache::kDefaultBlockSize * d.n_kv_heads * config().head_dim) * 4;
+  d.drop_graphs();
   d.k_pools.clear();
   d.v_pools.clear();
+  d.tables.grow(size_t(blocks) * 4);  // every block in one step's tables at most
+  const ModelConfig& c = config();
+  d.reserve_scratch(cuda::TensorCoreGemm::kMinAttentionRows, c.hidden_size, d.n_heads * c.head_dim, d.n_kv_heads * c.head_dim);
   for (size_t l = 0; l < w_.layers.size(); ++l) {
     d.k_pools.emplace_back(layer_bytes);
     d.v_pools.emplace_back(layer_bytes);
@@ -158,7 +214,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   for (const Segment& seg : segments) {
     const int32_t offset = int32_t(d.host_tables.size());
     d.segment_tables.push_back(offset);
-    long_segment |= d.gemm && seg.n_tokens >= cuda::TensorCoreGemm::kMinRows;
+    long_segment |= d.gemm && seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows;
     const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
     d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
     for (int64_t i = 0; i < seg.n_tokens; ++i) {
@@ -167,14 +223,11 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     }
   }
   const int64_t max_pos = *std::max_element(d.host_positions.begin(), d.host_positions.end());
+  d.reserve_scratch(n, H, q_dim, kv_dim);
   d.upload(d.tables, d.host_tables.data(), d.host_tables.size());
   d.upload(d.offsets, d.host_offsets.data(), d.host_offsets.size());
   d.upload(d.positions, d.host_positions.data(), d.host_positions.size());
   d.upload(d.x, x, size_t(n * H));
-  for (DeviceBuffer* b : {&d.h, &d.partial}) b->grow(size_t(n * H) * 4);
-  for (DeviceBuffer* b : {&d.q, &d.attn}) b->grow(size_t(n * q_dim) * 4);
-  for (DeviceBuffer* b : {&d.k, &d.v}) b->grow(size_t(n * kv_dim) * 4);
-  for (DeviceBuffer* b : {&d.gate, &d.up}) b->grow(size_t(n * d.ffn) * 4);
   float* dx = d.x.get<float>();
 
   // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
@@ -220,7 +273,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     int64_t t = 0;
     for (size_t i = 0; i < segments.size(); ++i) {
       const Segment& seg = segments[i];
-      if (seg.n_tokens >= cuda::TensorCoreGemm::kMinRows) {
+      if (seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows) {
         d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>() + d.segment_tables[i], seg.start,
                           seg.n_tokens, shape, out + t * q_dim);
       } else {
@@ -233,46 +286,74 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   };
   float *h = d.h.get<float>(), *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
   const int32_t *tables = d.tables.get<int32_t>(), *offsets = d.offsets.get<int32_t>(), *pos = d.positions.get<int32_t>();
-  for (size_t l = 0; l < d.layers.size(); ++l) {
-    const DeviceLayer& L = d.layers[l];
-    cuda::rmsnorm(dx, L.attn_norm.get<float>(), h, n, H, eps, s);
-    d.matmul(h, n, L.q, q, false);
-    d.matmul(h, n, L.k, k, false);
-    d.matmul(h, n, L.v, v, false);
-    if (L.q_norm.bytes()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
-      cuda::rmsnorm(q, L.q_norm.get<float>(), q, n * d.n_heads, D, eps, s);
-      cuda::rmsnorm(k, L.k_norm.get<float>(), k, n * d.n_kv_heads, D, eps, s);
-    }
-    cuda::rope(q, n, d.n_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
-    cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
-    float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
-    cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
-    attend(q, k_pool, v_pool, d.attn.get<float>());
-    project_and_add(L.o, d.attn.get<float>());
+  auto enqueue_layers = [&] {
+    for (size_t l = 0; l < d.layers.size(); ++l) {
+      const DeviceLayer& L = d.layers[l];
+      cuda::rmsnorm(dx, L.attn_norm.get<float>(), h, n, H, eps, s);
+      d.matmul(h, n, L.q, q, false);
+      d.matmul(h, n, L.k, k, false);
+      d.matmul(h, n, L.v, v, false);
+      if (L.q_norm.bytes()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
+        cuda::rmsnorm(q, L.q_norm.get<float>(), q, n * d.n_heads, D, eps, s);
+        cuda::rmsnorm(k, L.k_norm.get<float>(), k, n * d.n_kv_heads, D, eps, s);
+      }
+      cuda::rope(q, n, d.n_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
+      cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
+      float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
+      cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
+      attend(q, k_pool, v_pool, d.attn.get<float>());
+      project_and_add(L.o, d.attn.get<float>());
 
-    cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
-    d.matmul(h, n, L.gate, d.gate.get<float>(), false);
-    d.matmul(h, n, L.up, d.up.get<float>(), false);
-    cuda::swiglu(d.gate.get<float>(), d.up.get<float>(), d.gate.get<float>(), n * d.ffn, s);
-    project_and_add(L.down, d.gate.get<float>());
-  }
+      cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
+      d.matmul(h, n, L.gate, d.gate.get<float>(), false);
+      d.matmul(h, n, L.up, d.up.get<float>(), false);
+      cuda::swiglu(d.gate.get<float>(), d.up.get<float>(), d.gate.get<float>(), n * d.ffn, s);
+      project_and_add(L.down, d.gate.get<float>());
+    }
+  };
+  // Decode steps (and short chunks) as graphs: not the tensor cores' attention (its launches per
+  // head group and its scratch vary with the context), nor tensor-parallel sums (the host's cannot
+  // be captured; NCCL's can, a next step).
+  if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits}, enqueue_layers);
+  else enqueue_layers();
   if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
   SHARDLM_CUDA_CHECK(cudaMemcpyAsync(x, dx, size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-void CudaTransformer::head(const float* x, std::span<const int64_t> rows, float* logits) {
+// Final norm and lm_head of the given rows on the device; logits stay there (d.logits).
+void CudaTransformer::head_on_device(const float* x, std::span<const int64_t> rows) {
   Impl& d = *impl_;
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, m = int64_t(rows.size()), V = local_vocab();
-  if (m == 0) return;
   d.host_partial.resize(size_t(m * H));
   for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * H, H, d.host_partial.data() + i * H);
-  d.upload(d.h, d.host_partial.data(), size_t(m * H));
-  cuda::rmsnorm(d.h.get<float>(), d.final_norm.get<float>(), d.h.get<float>(), m, H, float(c.rms_norm_eps), d.stream);
+  d.upload(d.head_x, d.host_partial.data(), size_t(m * H));
+  cuda::rmsnorm(d.head_x.get<float>(), d.final_norm.get<float>(), d.head_x.get<float>(), m, H, float(c.rms_norm_eps),
+                d.stream);
   d.logits.grow(size_t(m * V) * 4);
-  cuda::matmul(d.h.get<float>(), m, d.lm_head, d.logits.get<float>(), false, d.stream);
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(logits, d.logits.get(), size_t(m * V) * 4, cudaMemcpyDeviceToHost, d.stream));
+  d.matmul(d.head_x.get<float>(), m, d.lm_head, d.logits.get<float>(), false);
+}
+
+void CudaTransformer::head(const float* x, std::span<const int64_t> rows, float* logits) {
+  if (rows.empty()) return;
+  head_on_device(x, rows);
+  Impl& d = *impl_;
+  const size_t bytes = rows.size() * size_t(local_vocab()) * 4;
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(logits, d.logits.get(), bytes, cudaMemcpyDeviceToHost, d.stream));
+  SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+}
+
+// Greedy steps: the argmax on the device, so only 8 bytes a row cross PCIe (not the whole row).
+void CudaTransformer::head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) {
+  if (rows.empty()) return;
+  head_on_device(x, rows);
+  Impl& d = *impl_;
+  const int64_t m = int64_t(rows.size());
+  d.best.grow(size_t(m) * 8);
+  cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<float>(), d.best.get<int32_t>() + m, d.stream);
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(values, d.best.get<float>(), size_t(m) * 4, cudaMemcpyDeviceToHost, d.stream));
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(ids, d.best.get<int32_t>() + m, size_t(m) * 4, cudaMemcpyDeviceToHost, d.stream));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
 }
 

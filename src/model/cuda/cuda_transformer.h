@@ -29,11 +29,13 @@ class CudaTransformer : public ForwardPass {
   void embed(const int32_t* tokens, int64_t n, float* x) const override;
   void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) override;
   void head(const float* x, std::span<const int64_t> rows, float* logits) override;
+  void head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) override;
 
   int device() const { return device_; }
   int64_t device_bytes() const override;
 
  private:
+  void head_on_device(const float* x, std::span<const int64_t> rows);
   struct Impl;
   const ModelWeights& w_;
   AllReduce all_reduce_;
