@@ -12,6 +12,7 @@
 #include "runtime/engine.h"
 #include "test_models.h"
 #include "test_numerics.h"
+#include "test_paths.h"
 
 using namespace shardlm;
 
@@ -64,6 +65,25 @@ TEST(Cuda, OneGpuMatchesTheCpu) {
   compare("--arch qwen3 --preset tiny --dtype bf16", 1e-2);
   compare("--arch llama --preset small --dtype bf16", 1e-2);
   compare("--arch qwen3 --preset small --dtype bf16", 1e-2);
+}
+
+// GGUF weights in f16, q8_0 and q4_0 run on the GPU in their own dtype (dequantized in the
+// matmul): the CPU's tokens, and logits within 1e-4 (both widen each weight exactly to f32; only
+// the order of the sums differs).
+TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string hf = test::test_model(test::parse_make_model_flags("--arch llama --preset small --dtype f32"));
+  for (const std::string dtype : {"f16", "q8_0", "q4_0"}) {
+    const std::string gguf = test::scratch_dir("gpu-gguf-" + dtype) + "/model.gguf";
+    std::string out, err;
+    ASSERT_EQ(test::run_command(test::shardlm_binary() + " -q convert --model " + hf + " --out " + gguf +
+                                    " --dtype " + dtype, &out, &err), 0) << err;
+    const GenerateResult cpu = run_engine(gguf, "cpu"), gpu = run_engine(gguf, "cuda");
+    EXPECT_EQ(gpu.output_ids, cpu.output_ids) << dtype;
+    const double err_logits = test::max_relative_error(gpu.first_logits, cpu.first_logits);
+    std::printf("%s weights: GPU vs CPU max relative logit error %.3g\n", dtype.c_str(), err_logits);
+    EXPECT_LT(err_logits, 1e-4) << dtype;
+  }
 }
 
 // A prompt long enough for the tensor cores (cuBLAS: bf16 products, and TF32 attention when whole)

@@ -4,6 +4,7 @@
 // lane keeps up to four 16-byte loads in flight, and the slices' sums meet in shared memory. Rows
 // of x go in passes of R (1, 2, 4 or 8, templated so one row needs few registers and the SM holds
 // many warps). Prefill's many rows go to the tensor cores instead (tensor_core_gemm.h).
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -16,13 +17,12 @@ namespace shardlm::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kLaneElements = 8;                   // one 16-byte bf16 load (two for f32)
+constexpr int kLaneElements = 8;                   // one 16-byte bf16/f16 load (two for f32)
 constexpr int kWarpElements = 32 * kLaneElements;  // 256 weights per warp-wide load
 
 // 8 consecutive weights, loaded raw (16 bytes of bf16, 32 of f32: few registers per load in flight)
 // and widened to f32 only when multiplied with 8 values of x.
 struct Bf16Row {
-  static constexpr int kBytes = 2;
   using Raw = uint4;
   __device__ static Raw load(const void* row, int64_t k) {
     return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(row) + k);
@@ -34,8 +34,57 @@ struct Bf16Row {
            lo(w.w) * b.z + hi(w.w) * b.w;
   }
 };
+struct F16Row {
+  using Raw = uint4;
+  __device__ static Raw load(const void* row, int64_t k) {
+    return *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(row) + k);
+  }
+  __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
+    auto lo = [](uint32_t v) { return __half2float(__ushort_as_half(uint16_t(v & 0xffffu))); };
+    auto hi = [](uint32_t v) { return __half2float(__ushort_as_half(uint16_t(v >> 16))); };
+    return lo(w.x) * a.x + hi(w.x) * a.y + lo(w.y) * a.z + hi(w.y) * a.w + lo(w.z) * b.x + hi(w.z) * b.y +
+           lo(w.w) * b.z + hi(w.w) * b.w;
+  }
+};
+// GGUF blocks of 32 (core/dtype.h): an f16 scale, then 32 int8 (q8_0) or 32 nibbles (q4_0: element
+// j in the low nibble of byte j, j + 16 in its high nibble). A lane's 8 weights lie in one block;
+// blocks are only 2-byte aligned, so the loads are 16-bit.
+struct Q8Row {
+  struct Raw {
+    uint16_t scale, q[4];
+  };
+  __device__ static Raw load(const void* row, int64_t k) {
+    const uint16_t* block = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(row) + k / 32 * 34);
+    const uint16_t* q = block + 1 + (k % 32) / 2;
+    return {block[0], {q[0], q[1], q[2], q[3]}};
+  }
+  __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
+    auto v = [&](int i) { return float(int8_t(uint8_t(w.q[i / 2] >> (8 * (i % 2))))); };
+    const float sum = v(0) * a.x + v(1) * a.y + v(2) * a.z + v(3) * a.w + v(4) * b.x + v(5) * b.y + v(6) * b.z +
+                      v(7) * b.w;
+    return __half2float(__ushort_as_half(w.scale)) * sum;
+  }
+};
+struct Q4Row {
+  struct Raw {
+    uint16_t scale, q[4];  // 8 bytes: one nibble of each is a weight
+    bool high;             // the block's elements 16..31: the bytes' high nibbles
+  };
+  __device__ static Raw load(const void* row, int64_t k) {
+    const uint16_t* block = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(row) + k / 32 * 18);
+    const int j = int(k % 32);
+    const uint16_t* q = block + 1 + (j % 16) / 2;
+    return {block[0], {q[0], q[1], q[2], q[3]}, j >= 16};
+  }
+  __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
+    const int shift = w.high ? 4 : 0;
+    auto v = [&](int i) { return float(int((w.q[i / 2] >> (8 * (i % 2) + shift)) & 0xfu) - 8); };
+    const float sum = v(0) * a.x + v(1) * a.y + v(2) * a.z + v(3) * a.w + v(4) * b.x + v(5) * b.y + v(6) * b.z +
+                      v(7) * b.w;
+    return __half2float(__ushort_as_half(w.scale)) * sum;
+  }
+};
 struct F32Row {
-  static constexpr int kBytes = 4;
   struct Raw {
     float4 a, b;
   };
@@ -51,7 +100,8 @@ struct F32Row {
 
 template <class W, int R, int U>  // R rows of x per pass, U loads in flight per lane
 __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N,
-                                                             int64_t K, float* y, bool accumulate, int rows_per_block) {
+                                                             int64_t K, int64_t row_bytes, float* y, bool accumulate,
+                                                             int rows_per_block) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slices = kWarps / rows_per_block, slice = warp / rows_per_block;
   // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
@@ -63,7 +113,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, 
   const int64_t groups = (N + rows_per_block - 1) / rows_per_block;
   for (int64_t group = blockIdx.x; group < groups; group += gridDim.x) {
     const int64_t n = group * rows_per_block + warp % rows_per_block;
-    const void* row = static_cast<const uint8_t*>(weights) + (n < N ? n : 0) * K * W::kBytes;
+    const void* row = static_cast<const uint8_t*>(weights) + (n < N ? n : 0) * row_bytes;
     for (int64_t m0 = 0; m0 < M; m0 += R) {
       const int rows = int(M - m0 < R ? M - m0 : R);
       float acc[R] = {};
@@ -126,7 +176,8 @@ void launch(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool acc
       resident = std::max(1, sms * per_sm);
     }
     const unsigned blocks = unsigned(std::min<int64_t>(resident, (w.rows + rows_per_block - 1) / rows_per_block));
-    kernel<<<blocks, 32 * kWarps, 0, s>>>(x, M, w.data, w.rows, w.cols, y, accumulate, rows_per_block);
+    kernel<<<blocks, 32 * kWarps, 0, s>>>(x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), y, accumulate,
+                                          rows_per_block);
   };
   if (M == 1) args(matmul_kernel<W, 1, 8>);
   else if (M == 2) args(matmul_kernel<W, 2, 4>);
@@ -150,10 +201,15 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool acc
     case DType::F32:
       launch<F32Row>(x, M, w, y, accumulate, s);
       break;
-    default:
-      std::snprintf(why, sizeof why, "CUDA matmul: %.*s weights are not supported yet (f32 and bf16 are)",
-                    int(dtype_name(w.dtype).size()), dtype_name(w.dtype).data());
-      detail::fail_with(why);
+    case DType::F16:
+      launch<F16Row>(x, M, w, y, accumulate, s);
+      break;
+    case DType::Q8_0:
+      launch<Q8Row>(x, M, w, y, accumulate, s);
+      break;
+    case DType::Q4_0:
+      launch<Q4Row>(x, M, w, y, accumulate, s);
+      break;
   }
   detail::check_launch("matmul");
 }

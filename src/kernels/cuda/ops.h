@@ -35,14 +35,15 @@ void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, Stream s)
 // y (+)= halves[i] + halves[n + i] for i < n.
 void add_halves(float* y, const float* halves, int64_t n, bool accumulate, Stream s);
 
-// A weight matrix in device memory, rows of `cols` back to back: f32 or bf16.
+// A weight matrix in device memory, rows of `cols` back to back in any dtype of core/dtype.h (a
+// row of a quantized one: cols / 32 blocks).
 struct DeviceMatrix {
   DType dtype = DType::F32;
   const void* data = nullptr;
   int64_t rows = 0, cols = 0;
 };
-// y [M][rows] (+)= x [M][cols] W^T: one warp per weight row streams it once for up to 8 rows of x
-// (a decode step reads every weight once); larger M runs in passes of 8.
+// y [M][rows] (+)= x [M][cols] W^T, streaming W once for up to 8 rows of x (a decode step reads
+// every weight once); larger M runs in passes of 8. cols: a multiple of 8 (32 when quantized).
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s);
 
 // Paged KV cache of one layer: block b of the K pool and of the V pool is

@@ -106,31 +106,22 @@ struct CudaTransformer::Impl {
     if (!v.empty()) upload(b, v.data(), v.size());
     return b;
   }
-  // f32 and bf16 rows as they are (a column slice's stride dropped); other dtypes widened to f32.
+  // Rows as they are in every dtype (a column slice's stride dropped): matmul reads f32, bf16,
+  // f16, q8_0 and q4_0 weights itself.
   DeviceMatrix upload_matrix(const WeightMatrix& m) {
     if (!m.data || m.rows == 0) return {};
-    const bool as_is = m.dtype == DType::F32 || m.dtype == DType::BF16;
-    const DType dtype = as_is ? m.dtype : DType::F32;
-    const int64_t row_bytes = dtype_bytes(dtype, m.cols);
+    const int64_t row_bytes = dtype_bytes(m.dtype, m.cols);
     DeviceBuffer& b = weights.emplace_back(size_t(row_bytes * m.rows));
-    if (as_is) {
-      SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get(), size_t(row_bytes), m.data, size_t(m.row_stride), size_t(row_bytes),
-                                      size_t(m.rows), cudaMemcpyHostToDevice));
-    } else {
-      std::vector<float> rows(size_t(m.cols) * 256);
-      for (int64_t r0 = 0; r0 < m.rows; r0 += 256) {
-        const int64_t nr = std::min<int64_t>(256, m.rows - r0);
-        for (int64_t r = 0; r < nr; ++r) to_f32(m.dtype, m.data + (r0 + r) * m.row_stride, rows.data() + r * m.cols, m.cols);
-        SHARDLM_CUDA_CHECK(cudaMemcpy(b.get<uint8_t>() + r0 * row_bytes, rows.data(), size_t(nr * row_bytes),
-                                      cudaMemcpyHostToDevice));
-      }
-    }
-    return {dtype, b.get(), m.rows, m.cols};
+    SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get(), size_t(row_bytes), m.data, size_t(m.row_stride), size_t(row_bytes),
+                                    size_t(m.rows), cudaMemcpyHostToDevice));
+    return {m.dtype, b.get(), m.rows, m.cols};
   }
 
-  // y (+)= x W^T: a prefill's many rows on the tensor cores, a decode step's few by streaming W.
+  // y (+)= x W^T: many rows on the tensor cores, a decode step's few by streaming W (and every
+  // product of f16 or quantized weights: cuBLAS takes them only once dequantized, a next step).
   void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate) {
-    if (gemm && n >= cuda::TensorCoreGemm::kMinRows) gemm->run(x_rows, n, w, y, accumulate);
+    const bool tensor_cores = w.dtype == DType::BF16 || w.dtype == DType::F32;
+    if (gemm && tensor_cores && n >= cuda::TensorCoreGemm::kMinRows) gemm->run(x_rows, n, w, y, accumulate);
     else cuda::matmul(x_rows, n, w, y, accumulate, stream);
   }
 };

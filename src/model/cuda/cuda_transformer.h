@@ -1,5 +1,5 @@
 // The forward pass of model/transformer.h on one NVIDIA GPU: the rank's weights are copied to the
-// device once (f32 and bf16 as they are; f16 widened to f32), the KV cache lives on the device
+// device once, in their own dtype (f32, bf16, f16, q8_0, q4_0), the KV cache lives on the device
 // under the same block ids as the host bookkeeping, and each call moves only the activations
 // across PCIe. Tensor-parallel partial sums stay on the device with a DeviceAllReduce (NCCL), or
 // go through the host all-reduce of the runtime without one. Prefill's products run on the tensor
