@@ -110,8 +110,10 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
       ::_exit(rc == 0 ? 0 : 1);
     }
     ::close(fds[0]);
+    // Until the network is built, the scripts that build it inherit this end too: a run killed
+    // half-way leaves its script running, and the janitor must wait for it, or the script would
+    // add namespaces after the janitor has removed the others.
     janitor_pipe_ = fds[1];
-    ::fcntl(janitor_pipe_, F_SETFD, FD_CLOEXEC);
   }
   std::string script = "set -e; " + netns_add_command(hub) + "; ip -n " + hub + " link add br0 type bridge; ip -n " + hub +
                        " link set br0 up;";
@@ -150,6 +152,7 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
     remove_all();
     fail("cannot build the emulated network (exit status {}): {}", rc, out.empty() ? script : out);
   }
+  if (janitor_pipe_ >= 0) ::fcntl(janitor_pipe_, F_SETFD, FD_CLOEXEC);  // the ranks need not hold it
   log_info("emulated link {}: {} ranks in namespaces {}r0.. ({})", link.name.empty() ? "(custom)" : link.name, ranks,
            prefix_, link.bits_per_s > 0 ? fmt::format("{} Gbit/s, {} us one way", link.bits_per_s / 1e9, link.delay_s * 1e6)
                                         : std::string("no shaping"));
