@@ -21,6 +21,7 @@ SharedLibrary SharedLibrary::open(const char* override_env, std::initializer_lis
     const char* err = ::dlerror();
     lib.why_ += (lib.why_.empty() ? "" : "; ") + std::string(err ? err : name + ": not found");
   }
+  lib.why_ += std::string("; set ") + override_env + " to its path";
   return lib;
 }
 

@@ -13,7 +13,8 @@ class SharedLibrary {
  public:
   // The first of `names` that the dynamic loader finds (a soname is looked up on the loader's path,
   // LD_LIBRARY_PATH included; a path is taken as it is). An environment variable `override_env`,
-  // when set, names the only file tried. Returns an empty library with why() saying what failed.
+  // when set, names the only file tried. Returns an empty library with why() saying what failed
+  // and naming `override_env`.
   static SharedLibrary open(const char* override_env, std::initializer_list<const char*> names);
 
   explicit operator bool() const { return handle_ != nullptr; }
@@ -24,6 +25,11 @@ class SharedLibrary {
   template <class F>
   F* function(const char* name) const {
     return reinterpret_cast<F*>(address(name));
+  }
+  // The same, into a function pointer whose type says the signature.
+  template <class F>
+  void resolve(F*& slot, const char* name) const {
+    slot = function<F>(name);
   }
 
  private:

@@ -91,10 +91,8 @@ void ForwardPass::head_argmax(const float* x, std::span<const int64_t> rows, flo
   head(x, rows, logits.data());
   for (size_t r = 0; r < rows.size(); ++r) {
     const float* row = logits.data() + r * size_t(V);
-    int64_t best = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (row[i] > row[best]) best = i;
-    values[r] = row[best], ids[r] = int32_t(best);
+    ids[r] = ops::argmax(row, V);
+    values[r] = row[ids[r]];
   }
 }
 

@@ -44,7 +44,10 @@ struct Plan {
   int tp_rank_of(int rank) const { return rank % tp; }
   int rank_of(int stage, int tp_rank) const { return stage * tp + tp_rank; }
   VocabRange vocab_of(int rank) const;  // lm_head rows of one rank (may be empty)
-  bool holds_head(int rank) const { return vocab_of(rank).end > vocab_of(rank).begin; }
+  bool holds_head(int rank) const {
+    const VocabRange v = vocab_of(rank);
+    return v.end > v.begin;
+  }
 };
 
 struct PlanOptions {

@@ -4,15 +4,9 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/cpu/ops.h"
 
 namespace shardlm {
-
-int32_t argmax(const float* logits, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (logits[i] > logits[best]) best = i;
-  return int32_t(best);
-}
 
 Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(options.seed) {
   SHARDLM_CHECK(options.temperature >= 0 && std::isfinite(options.temperature),
@@ -21,8 +15,8 @@ Sampler::Sampler(const SamplerOptions& options) : options_(options), rng_(option
 }
 
 int32_t Sampler::sample(const float* logits, int64_t vocab_size) {
-  if (options_.temperature == 0.0f) return argmax(logits, vocab_size);
-  float max_logit = logits[argmax(logits, vocab_size)];
+  if (options_.temperature == 0.0f) return ops::argmax(logits, vocab_size);
+  float max_logit = logits[ops::argmax(logits, vocab_size)];
   candidates_.resize(size_t(vocab_size));
   double total = 0;
   for (int64_t i = 0; i < vocab_size; ++i) {

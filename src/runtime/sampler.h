@@ -24,7 +24,4 @@ class Sampler {
   std::vector<std::pair<float, int32_t>> candidates_;  // reused between calls
 };
 
-// Index of the largest logit; the lowest index wins a tie.
-int32_t argmax(const float* logits, int64_t n);
-
 }  // namespace shardlm

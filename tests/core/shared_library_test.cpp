@@ -29,6 +29,7 @@ TEST(SharedLibrary, SaysWhyWhenNoneLoads) {
   EXPECT_FALSE(lib);
   EXPECT_NE(lib.why().find("libshardlm-absent.so.9"), std::string::npos) << lib.why();
   EXPECT_NE(lib.why().find("/nonexistent/libx.so"), std::string::npos) << lib.why();
+  EXPECT_NE(lib.why().find("set SHARDLM_TEST_LIBRARY to its path"), std::string::npos) << lib.why();
 }
 
 TEST(SharedLibrary, TheEnvironmentNamesTheOnlyFileTried) {

@@ -31,17 +31,17 @@ const Nccl& nccl() {
     const SharedLibrary lib =
         SharedLibrary::open("SHARDLM_NCCL", {"libnccl.so.2", "/usr/local/cuda/lib64/libnccl.so.2"});
     if (!lib) {
-      a.why = "NCCL not found (" + lib.why() + "); set SHARDLM_NCCL to its path";
+      a.why = "NCCL not found: " + lib.why();
       return a;
     }
     try {
-      a.get_unique_id = lib.function<std::remove_pointer_t<decltype(&ncclGetUniqueId)>>("ncclGetUniqueId");
-      a.init_rank = lib.function<std::remove_pointer_t<decltype(&ncclCommInitRank)>>("ncclCommInitRank");
-      a.all_reduce = lib.function<std::remove_pointer_t<decltype(&ncclAllReduce)>>("ncclAllReduce");
-      a.async_error = lib.function<std::remove_pointer_t<decltype(&ncclCommGetAsyncError)>>("ncclCommGetAsyncError");
-      a.abort = lib.function<std::remove_pointer_t<decltype(&ncclCommAbort)>>("ncclCommAbort");
-      a.destroy = lib.function<std::remove_pointer_t<decltype(&ncclCommDestroy)>>("ncclCommDestroy");
-      a.error_string = lib.function<std::remove_pointer_t<decltype(&ncclGetErrorString)>>("ncclGetErrorString");
+      lib.resolve(a.get_unique_id, "ncclGetUniqueId");
+      lib.resolve(a.init_rank, "ncclCommInitRank");
+      lib.resolve(a.all_reduce, "ncclAllReduce");
+      lib.resolve(a.async_error, "ncclCommGetAsyncError");
+      lib.resolve(a.abort, "ncclCommAbort");
+      lib.resolve(a.destroy, "ncclCommDestroy");
+      lib.resolve(a.error_string, "ncclGetErrorString");
     } catch (const Error& e) {
       a.init_rank = nullptr;
       a.why = e.what();

@@ -50,6 +50,13 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
+int32_t argmax(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return int32_t(best);
+}
+
 void attention(ThreadPool& pool, const float* q, const AttentionSegment* segments, int64_t n_segments,
                const float* k_pool, const float* v_pool, const AttentionShape& s, float* out) {
   SHARDLM_CHECK(s.head_dim > 0 && s.head_dim <= 256, "attention: head_dim {} is not supported (at most 256)", s.head_dim);

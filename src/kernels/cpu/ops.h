@@ -19,6 +19,9 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const i
 // out = silu(gate) * up, elementwise.
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
+// Index of the largest of n values; the lowest index wins a tie (greedy decoding).
+int32_t argmax(const float* x, int64_t n);
+
 // Causal attention over a paged KV cache, for a batch of segments (runs of consecutive tokens of
 // one sequence each). Token i of a segment sits at position start + i and sees positions
 // 0..start+i of its sequence. Position p of a sequence lives in block table[p / kBlock] of the

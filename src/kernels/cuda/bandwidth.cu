@@ -3,7 +3,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
@@ -36,25 +35,12 @@ double measure_read_bandwidth(int device, size_t bytes) {
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const unsigned blocks = unsigned(std::min(4096, sms * 8));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> rates;
-  for (int pass = 0; pass < 6; ++pass) {
-    cudaEventRecord(start);
+  const double seconds = detail::median_seconds(nullptr, 5, [&] {
     read_kernel<<<blocks, 512>>>(static_cast<const uint4*>(data), bytes / 16, out);
-    cudaEventRecord(stop);
-    check(cudaEventSynchronize(stop), "CUDA bandwidth probe: the kernel failed");
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (pass > 0) rates.push_back(double(bytes) / (double(ms) / 1e3));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  });
   cudaFree(data);
   cudaFree(out);
-  std::sort(rates.begin(), rates.end());
-  return rates[rates.size() / 2];
+  return double(bytes) / seconds;
 }
 
 }  // namespace shardlm::cuda

@@ -95,12 +95,15 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
   if (i < n) x[i] += y[i];
 }
 
+// Round to nearest even, as core/dtype's f32_to_bf16.
+__device__ uint16_t round_to_bf16(float v) {
+  const uint32_t b = __float_as_uint(v);
+  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
 __global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) {
-    const uint32_t b = __float_as_uint(x[i]);
-    y[i] = uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);  // as core/dtype's f32 -> bf16
-  }
+  if (i < n) y[i] = round_to_bf16(x[i]);
 }
 
 // One block per row: each thread keeps its best (value, index), then the block merges them.
@@ -133,13 +136,9 @@ __global__ void argmax_kernel(const float* logits, int64_t cols, float* values, 
 __global__ void split_bf16_kernel(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) {
-    auto round = [](float v) {
-      const uint32_t b = __float_as_uint(v);
-      return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-    };
-    const uint16_t h = round(x[i]);
+    const uint16_t h = round_to_bf16(x[i]);
     hi[i] = h;
-    lo[i] = round(x[i] - __uint_as_float(uint32_t(h) << 16));
+    lo[i] = round_to_bf16(x[i] - __uint_as_float(uint32_t(h) << 16));
   }
 }
 

@@ -1,5 +1,8 @@
 #include "kernels/cuda/launch.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
 
@@ -11,6 +14,26 @@ void check_launch(const char* kernel) {
 }
 
 void fail_with(const char* message) { fail("{}", message); }
+
+double median_seconds(CUstream_st* s, int passes, const std::function<void()>& run) {
+  cudaEvent_t start, stop;
+  SHARDLM_CUDA_CHECK(cudaEventCreate(&start));
+  SHARDLM_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> seconds;
+  for (int pass = 0; pass <= passes; ++pass) {
+    SHARDLM_CUDA_CHECK(cudaEventRecord(start, s));
+    run();
+    SHARDLM_CUDA_CHECK(cudaEventRecord(stop, s));
+    SHARDLM_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    SHARDLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (pass > 0) seconds.push_back(double(ms) / 1e3);  // pass 0 warms up
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
 
 }  // namespace shardlm::cuda::detail
 

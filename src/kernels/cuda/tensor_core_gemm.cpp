@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "core/shared_library.h"
+#include "kernels/cuda/launch.h"
 
 namespace shardlm::cuda {
 namespace {
@@ -37,15 +37,15 @@ const Cublas& cublas() {
     const SharedLibrary lib = SharedLibrary::open(
         "SHARDLM_CUBLAS", {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13", "libcublas.so.12"});
     if (!lib) {
-      a.why = "cuBLAS not found (" + lib.why() + "); set SHARDLM_CUBLAS to its path";
+      a.why = "cuBLAS not found: " + lib.why();
       return a;
     }
     try {
-      a.create = lib.function<cublasStatus_t(cublasHandle_t*)>("cublasCreate_v2");
-      a.destroy = lib.function<cublasStatus_t(cublasHandle_t)>("cublasDestroy_v2");
-      a.set_stream = lib.function<cublasStatus_t(cublasHandle_t, cudaStream_t)>("cublasSetStream_v2");
-      a.gemm = lib.function<GemmEx>("cublasGemmEx");
-      a.gemm_batched = lib.function<GemmStridedBatchedEx>("cublasGemmStridedBatchedEx");
+      lib.resolve(a.create, "cublasCreate_v2");
+      lib.resolve(a.destroy, "cublasDestroy_v2");
+      lib.resolve(a.set_stream, "cublasSetStream_v2");
+      lib.resolve(a.gemm, "cublasGemmEx");
+      lib.resolve(a.gemm_batched, "cublasGemmStridedBatchedEx");
     } catch (const Error& e) {
       a.create = nullptr;
       a.why = e.what();
@@ -89,13 +89,14 @@ void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float
   if (M == 0 || w.rows == 0) return;
   SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F32, "internal: tensor-core product of {} weights",
                 dtype_name(w.dtype));
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
   const void* b = x;
   cudaDataType_t type = CUDA_R_32F;
   int64_t rows = M;
   float* out = y;
   const bool precise = w.dtype == DType::BF16 && M < kPreciseRows;
+  // The two parts' products go to scratch and are summed into y by add_halves.
+  const float alpha = 1.0f, beta = accumulate && !precise ? 1.0f : 0.0f;
   if (w.dtype == DType::BF16) {
     type = CUDA_R_16BF;
     reserve(M, w.cols, w.rows);
@@ -109,9 +110,8 @@ void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float
       to_bf16(x, parts, M * w.cols, stream_);
     }
   }
-  const float beta_used = precise ? 0.0f : beta;
   check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(rows), int(w.cols),
-                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta_used, out, CUDA_R_32F, int(w.rows),
+                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta, out, CUDA_R_32F, int(w.rows),
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
   if (precise) add_halves(y, out, M * w.rows, accumulate, stream_);
@@ -131,30 +131,35 @@ void TensorCoreGemm::attention(const float* q, const float* k_pool, const float*
   const auto& api = cublas();
   const auto handle = static_cast<cublasHandle_t>(handle_);
   float* S = scores_.get<float>();
+  // Local query heads h0.. that read the same kv head: that kv head and how many heads read it.
+  auto group_at = [&](int64_t h0) {
+    return std::pair{(shape.head_offset + h0) / shape.group - shape.kv_head_offset,
+                     std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group)};
+  };
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t rows = std::min(block, n - r0), keys = start + r0 + rows;  // later keys are all masked
     // Each kv head's query heads as one batch: S_h [rows][keys] = Q_h K_g^T (column-major: K_g^T' Q_h^T).
-    for (int64_t h0 = 0, heads = 0; h0 < H; h0 += heads) {
-      const int64_t g = (shape.head_offset + h0) / shape.group - shape.kv_head_offset;
-      heads = std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group);  // the heads that read g
+    for (int64_t h0 = 0; h0 < H;) {
+      const auto [g, heads] = group_at(h0);
       const float* K = k_rows_.get<float>() + g * length * D;
       check(api.gemm_batched(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(keys), int(rows), int(D), &scale, K, CUDA_R_32F,
                              int(D), 0, q + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, &zero,
                              S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, int(heads),
                              CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
             "cublasGemmStridedBatchedEx (scores)");
+      h0 += heads;
     }
     causal_softmax(S, H, rows, keys, start + r0, stream_);
     // O_h [rows][D] = P_h [rows][keys] V_g [keys][D], written into out's [token][head][D] rows.
-    for (int64_t h0 = 0, heads = 0; h0 < H; h0 += heads) {
-      const int64_t g = (shape.head_offset + h0) / shape.group - shape.kv_head_offset;
-      heads = std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group);  // the heads that read g
+    for (int64_t h0 = 0; h0 < H;) {
+      const auto [g, heads] = group_at(h0);
       const float* V = v_rows_.get<float>() + g * length * D;
       check(api.gemm_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(D), int(rows), int(keys), &one, V, CUDA_R_32F,
                              int(D), 0, S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, &zero,
                              out + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, int(heads),
                              CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
             "cublasGemmStridedBatchedEx (values)");
+      h0 += heads;
     }
   }
 }
@@ -172,26 +177,13 @@ double TensorCoreGemm::measure_bf16_flops(int device, std::string* why) {
       SHARDLM_CUDA_CHECK(cudaMemsetAsync(a.get(), 0x3c, a.bytes(), s));  // bf16 0x3c3c: about 0.0115
       SHARDLM_CUDA_CHECK(cudaMemsetAsync(b.get(), 0x3c, b.bytes(), s));
       const float one = 1.0f, zero = 0.0f;
-      cudaEvent_t start, stop;
-      SHARDLM_CUDA_CHECK(cudaEventCreate(&start));
-      SHARDLM_CUDA_CHECK(cudaEventCreate(&stop));
-      std::vector<double> rates;
-      for (int pass = 0; pass < 6; ++pass) {
-        SHARDLM_CUDA_CHECK(cudaEventRecord(start, s));
+      const double seconds = detail::median_seconds(s, 5, [&] {
         check(cublas().gemm(static_cast<cublasHandle_t>(g->handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(n), int(n),
                             &one, a.get(), CUDA_R_16BF, int(n), b.get(), CUDA_R_16BF, int(n), &zero, c.get(),
                             CUDA_R_32F, int(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               "cublasGemmEx (FLOP/s probe)");
-        SHARDLM_CUDA_CHECK(cudaEventRecord(stop, s));
-        SHARDLM_CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0;
-        SHARDLM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (pass > 0) rates.push_back(2.0 * double(n) * double(n) * double(n) / (double(ms) / 1e3));
-      }
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      std::sort(rates.begin(), rates.end());
-      result = rates[rates.size() / 2];
+      });
+      result = 2.0 * double(n) * double(n) * double(n) / seconds;
     }
   }
   cudaStreamDestroy(s);

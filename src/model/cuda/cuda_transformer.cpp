@@ -42,7 +42,7 @@ struct CudaTransformer::Impl {
   // Scratch, grown on demand.
   DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits, splits, head_x, best;
   std::vector<float> host_partial;
-  std::vector<int32_t> host_tables, host_offsets, host_positions, segment_tables;
+  std::vector<int32_t> host_tables, host_offsets, host_positions;
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
   // captured once per (tokens, attention splits) and valid while the buffers it names stay put.
@@ -200,11 +200,10 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const cudaStream_t s = d.stream;
   // Where each token's keys and values go: its position and its sequence's block table.
   const int64_t n = reserve_segments(c, segments, cache);
-  d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear(), d.segment_tables.clear();
+  d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
   bool long_segment = false;  // one that takes the tensor cores' attention
   for (const Segment& seg : segments) {
     const int32_t offset = int32_t(d.host_tables.size());
-    d.segment_tables.push_back(offset);
     long_segment |= d.gemm && seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows;
     const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
     d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
@@ -250,9 +249,11 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const int64_t splits = cuda::attention_splits(n, max_pos, shape);
   std::vector<int64_t> segment_splits;  // with a long segment: each short one's own split
   int64_t partial_floats = cuda::attention_partial_floats(n, splits, shape);
-  for (const Segment& seg : segments) {
-    segment_splits.push_back(cuda::attention_splits(seg.n_tokens, seg.start + seg.n_tokens - 1, shape));
-    partial_floats = std::max(partial_floats, cuda::attention_partial_floats(seg.n_tokens, segment_splits.back(), shape));
+  if (long_segment) {
+    for (const Segment& seg : segments) {
+      segment_splits.push_back(cuda::attention_splits(seg.n_tokens, seg.start + seg.n_tokens - 1, shape));
+      partial_floats = std::max(partial_floats, cuda::attention_partial_floats(seg.n_tokens, segment_splits.back(), shape));
+    }
   }
   d.splits.grow(size_t(partial_floats) * 4 + 4);
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
@@ -265,8 +266,9 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     for (size_t i = 0; i < segments.size(); ++i) {
       const Segment& seg = segments[i];
       if (seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows) {
-        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>() + d.segment_tables[i], seg.start,
-                          seg.n_tokens, shape, out + t * q_dim);
+        const int32_t table = d.host_offsets[size_t(t)];  // where this segment's block ids start
+        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>() + table, seg.start, seg.n_tokens,
+                          shape, out + t * q_dim);
       } else {
         cuda::attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>() + t,
                         d.positions.get<int32_t>() + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),

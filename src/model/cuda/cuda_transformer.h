@@ -31,7 +31,6 @@ class CudaTransformer : public ForwardPass {
   void head(const float* x, std::span<const int64_t> rows, float* logits) override;
   void head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) override;
 
-  int device() const { return device_; }
   int64_t device_bytes() const override;
 
  private:
