@@ -1,9 +1,10 @@
-// Causal attention over the paged KV cache: one block of 4 warps per (query token, head, split of
-// the token's context). Each warp takes 4 positions at a time: every lane loads D/32 dimensions of
-// the 4 key rows and the 4 value rows (a warp reads whole 128-byte rows: coalesced), the warp sums
-// the dot products with shuffles, and keeps its own online softmax; the 4 warps then merge theirs.
-// With several splits each block writes (max, sum, weighted values) and combine_kernel merges them
-// (flash-decoding: a decode step has one token, so splitting the context puts every SM to work).
+// Causal attention over the paged KV cache: one block of 8 warps per (query token, head, split of
+// the token's context). Each warp takes 8 positions at a time (head_dim 128): every lane loads
+// D/32 dimensions of the key rows and the value rows (a warp reads whole 128-byte rows:
+// coalesced), the warp sums the dot products with shuffles, and keeps its own online softmax; the
+// warps then merge theirs. With several splits (flash-decoding: a decode step has one token, so
+// splitting the context puts every SM to work) each block writes (max, sum, weighted values) and
+// the last block of a (token, head) to finish merges them: no second launch.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,26 +13,35 @@
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/overlap.cuh"
 
 namespace shardlm::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kUnroll = 4;  // positions per warp per iteration: 8 rows in flight per warp
+constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
 
+// Positions a warp takes per iteration: as many key and value rows in flight as 64 registers a
+// lane hold (8 for head_dim 128), so that a block's whole span of a decode step's context
+// (kWarps x kUnroll = 64 positions) is one round trip to memory.
+template <int kDims>
+constexpr int kUnroll = 32 / kDims < 2 ? 2 : 32 / kDims;
+
 template <int kDims>  // head_dim / 32: dimensions per lane
-__global__ void attention_kernel(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-                                 const int32_t* table_offset, const int32_t* pos, AttentionShape shape, float scale,
-                                 float* out, float* partial) {
-  constexpr int D = kDims * 32;
+__global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, const float* k_pool, const float* v_pool,
+                                                              const int32_t* tables, const int32_t* table_offset,
+                                                              const int32_t* pos, AttentionShape shape, float scale,
+                                                              float* out, float* partial, int32_t* done) {
+  detail::let_next_start();
+  detail::wait_for_previous();
+  constexpr int D = kDims * 32, U = kUnroll<kDims>;
   const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t bs = shape.kv.block_size, n_kv = shape.kv.n_kv_heads;
   const int64_t kv = (shape.head_offset + h) / shape.group - shape.kv_head_offset;
   const int32_t* table = tables + table_offset[t];
-  // This split's share of the token's positions 0..pos[t] (each token's context split evenly).
-  const int64_t length = int64_t(pos[t]) + 1, span = (length + gridDim.z - 1) / gridDim.z;
+  // This split's share of the token's positions 0..pos[t].
+  const int64_t length = int64_t(pos[t]) + 1, round = kWarps * U, span = (length + gridDim.z - 1) / gridDim.z;
   const int64_t first = split * span, last = min(length, first + span) - 1;
   auto row_of = [&](int64_t p) { return ((int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs) * D + lane; };
 
@@ -40,17 +50,17 @@ __global__ void attention_kernel(const float* q, const float* k_pool, const floa
 #pragma unroll
   for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i] * scale, acc[i] = 0;
   float m = -INFINITY, l = 0;
-  for (int64_t c = first + warp * kUnroll; c <= last; c += kWarps * kUnroll) {
-    float kr[kUnroll][kDims], vr[kUnroll][kDims], s[kUnroll];
+  for (int64_t c = first + warp * U; c <= last; c += round) {
+    float kr[U][kDims], vr[U][kDims], s[U];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (c + u > last) break;
       const int64_t at = row_of(c + u);
 #pragma unroll
       for (int i = 0; i < kDims; ++i) kr[u][i] = k_pool[at + 32 * i], vr[u][i] = v_pool[at + 32 * i];
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       float dot = 0;
 #pragma unroll
       for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? kr[u][i] : 0.0f);
@@ -59,13 +69,13 @@ __global__ void attention_kernel(const float* q, const float* k_pool, const floa
     }
     float m_new = m;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) m_new = fmaxf(m_new, s[u]);
+    for (int u = 0; u < U; ++u) m_new = fmaxf(m_new, s[u]);
     const float correction = expf(m - m_new);  // 0 on the first chunk (m = -inf)
     l *= correction;
 #pragma unroll
     for (int i = 0; i < kDims; ++i) acc[i] *= correction;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (c + u > last) break;
       const float p = expf(s[u] - m_new);
       l += p;
@@ -88,32 +98,45 @@ __global__ void attention_kernel(const float* q, const float* k_pool, const floa
     den += sl[w] * weight[w];
   }
   const int64_t row = t * shape.n_heads + h;
-  float* mine = gridDim.z == 1 ? nullptr : partial + (row * gridDim.z + split) * (D + 2);  // [m, l, acc[D]]
-  if (mine && threadIdx.x == 0) mine[0] = M, mine[1] = den;
+  if (gridDim.z == 1) {
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+      float num = 0;
+      for (int w = 0; w < kWarps; ++w) num += sacc[w][d] * weight[w];
+      out[row * D + d] = num / den;
+    }
+    return;
+  }
+  // Several splits: each writes (max, sum, weighted values); the last of a row to finish merges
+  // them (out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M)) and sets the row's count back to 0.
+  float* rows = partial + row * gridDim.z * (D + 2);  // [split][m, l, acc[D]]
+  float* mine = rows + split * (D + 2);
+  if (threadIdx.x == 0) mine[0] = M, mine[1] = den;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float num = 0;
     for (int w = 0; w < kWarps; ++w) num += sacc[w][d] * weight[w];
-    if (mine) mine[2 + d] = num;
-    else out[row * D + d] = num / den;
+    mine[2 + d] = num;
   }
-}
-
-// Merges the splits of one (token, head): out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-__global__ void combine_kernel(const float* partial, int64_t splits, int64_t D, float* out) {
-  const int64_t row = blockIdx.x;
-  const float* p = partial + row * splits * (D + 2);
-  float M = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) M = fmaxf(M, p[s * (D + 2)]);
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0, den = 0;
-    for (int64_t s = 0; s < splits; ++s) {
-      const float* q = p + s * (D + 2);
-      if (q[1] == 0) continue;  // a split past this token's last position
-      const float w = expf(q[0] - M);
-      num += q[2 + d] * w;
-      den += q[1] * w;
+  __threadfence();  // this split's results are visible before it is counted
+  __syncthreads();
+  __shared__ bool last_split;
+  if (threadIdx.x == 0) last_split = atomicAdd(done + row, 1) == int(gridDim.z) - 1;
+  __syncthreads();
+  if (!last_split) return;
+  __threadfence();
+  if (threadIdx.x == 0) done[row] = 0;
+  float all_max = -INFINITY;
+  for (int64_t sp = 0; sp < gridDim.z; ++sp) all_max = fmaxf(all_max, __ldcg(rows + sp * (D + 2)));
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0, total = 0;
+    for (int64_t sp = 0; sp < gridDim.z; ++sp) {
+      const float* p = rows + sp * (D + 2);
+      const float l_sp = __ldcg(p + 1);
+      if (l_sp == 0) continue;  // a split past this token's last position
+      const float w = expf(__ldcg(p) - all_max);
+      num += __ldcg(p + 2 + d) * w;
+      total += l_sp * w;
     }
-    out[row * D + d] = num / den;
+    out[row * D + d] = num / total;
   }
 }
 
@@ -181,8 +204,9 @@ void causal_softmax(float* scores, int64_t heads, int64_t rows, int64_t length, 
 
 int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
   // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
-  // 1024 blocks, each over at least 64 positions (16 per warp). A power of two, so that a captured
-  // decode step stays valid for long stretches of positions.
+  // 1024 blocks, each over at least 64 positions (one round of its warps). A power of two, so that
+  // a captured decode step stays valid for long stretches of positions. (Splitting finer measured
+  // slower: more blocks, more partial results to merge.)
   constexpr int64_t kMinSpan = 64, kTargetBlocks = 1024;
   const int64_t rows = std::max<int64_t>(1, n_tokens * shape.n_heads), length = max_pos + 1;
   const int64_t want = std::min((length + kMinSpan - 1) / kMinSpan, std::max<int64_t>(1, kTargetBlocks / rows));
@@ -197,7 +221,7 @@ int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const Attenti
 
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               float* partial, float* out, Stream s) {
+               float* partial, int32_t* counters, float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
   const int64_t D = shape.kv.head_dim;
   if (D % 32 != 0 || D > kMaxHeadDim) {
@@ -209,16 +233,11 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
   const float scale = 1.0f / std::sqrt(float(D));
   const dim3 grid(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits));
   using Kernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
-                          AttentionShape, float, float*, float*);
+                          AttentionShape, float, float*, float*, int32_t*);
   constexpr Kernel kernels[] = {attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
                                 attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
-  kernels[D / 32 - 1]<<<grid, 32 * kWarps, 0, s>>>(q, k_pool, v_pool, tables, table_offset, pos, shape, scale, out,
-                                                   partial);
-  detail::check_launch("attention");
-  if (splits > 1) {
-    combine_kernel<<<unsigned(n_tokens * shape.n_heads), 128, 0, s>>>(partial, splits, D, out);
-    detail::check_launch("attention combine");
-  }
+  detail::launch_overlapping("attention", kernels[D / 32 - 1], grid, 32 * kWarps, s, q, k_pool, v_pool, tables,
+                             table_offset, pos, shape, scale, out, partial, counters);
 }
 
 }  // namespace shardlm::cuda

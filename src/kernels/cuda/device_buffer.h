@@ -21,14 +21,15 @@ class DeviceBuffer {
     if (p_) cudaFree(p_);
   }
 
-  // At least `bytes` (contents not kept when it grows).
-  void grow(size_t bytes) {
-    if (bytes <= bytes_) return;
+  // At least `bytes` (contents not kept when it grows); true when it grew.
+  bool grow(size_t bytes) {
+    if (bytes <= bytes_) return false;
     if (p_) SHARDLM_CUDA_CHECK(cudaFree(p_));
     p_ = nullptr;
     bytes_ = 0;
     SHARDLM_CUDA_CHECK(cudaMalloc(&p_, bytes));
     bytes_ = bytes;
+    return true;
   }
   template <class T = void>
   T* get() const {

@@ -1,10 +1,11 @@
-// Row-wise and element-wise operations: RMSNorm, RoPE, SwiGLU, add, and the KV cache store.
+// Row-wise and element-wise operations: RMSNorm, RoPE with the KV cache store, SwiGLU, add.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/overlap.cuh"
 
 namespace shardlm::cuda {
 namespace {
@@ -31,11 +32,18 @@ __device__ float block_sum(float s) {
 }
 
 __global__ void rmsnorm_vector_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+  detail::let_next_start();
   const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * dim);
   const float4* wr = reinterpret_cast<const float4*>(w);
   float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * dim);
   const int64_t n = dim / 4;
-  float4 v[kMaxVectors];
+  float4 v[kMaxVectors], g[kMaxVectors];
+#pragma unroll
+  for (int i = 0; i < kMaxVectors; ++i) {  // the weights (constant) while the kernel before finishes
+    const int64_t j = threadIdx.x + int64_t(i) * blockDim.x;
+    if (j < n) g[i] = wr[j];
+  }
+  detail::wait_for_previous();
   float s = 0;
 #pragma unroll
   for (int i = 0; i < kMaxVectors; ++i) {
@@ -47,14 +55,15 @@ __global__ void rmsnorm_vector_kernel(const float* x, const float* w, float* y, 
 #pragma unroll
   for (int i = 0; i < kMaxVectors; ++i) {
     const int64_t j = threadIdx.x + int64_t(i) * blockDim.x;
-    if (j < n) {
-      const float4 g = wr[j];
-      yr[j] = make_float4(g.x * (v[i].x * scale), g.y * (v[i].y * scale), g.z * (v[i].z * scale), g.w * (v[i].w * scale));
-    }
+    if (j < n)
+      yr[j] = make_float4(g[i].x * (v[i].x * scale), g[i].y * (v[i].y * scale), g[i].z * (v[i].z * scale),
+                          g[i].w * (v[i].w * scale));
   }
 }
 
 __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+  detail::let_next_start();
+  detail::wait_for_previous();
   const float* xr = x + blockIdx.x * dim;
   float* yr = y + blockIdx.x * dim;
   float s = 0;
@@ -65,32 +74,83 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * scale);
 }
 
-// One thread per (token, head, pair).
-__global__ void rope_kernel(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
-                            const float* inv_freq, bool adjacent) {
-  const int64_t half = head_dim / 2;
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= n_tokens * n_heads * half) return;
-  const int64_t i = idx % half, th = idx / half, t = th / n_heads;
-  float* v = x + th * head_dim;
-  const float angle = float(positions[t]) * inv_freq[i];  // f32 product, as on the CPU
-  float s, c;
-  sincosf(angle, &s, &c);
-  const int64_t a = adjacent ? 2 * i : i, b = adjacent ? 2 * i + 1 : i + half;
-  const float x0 = v[a], x1 = v[b];
-  v[a] = x0 * c - x1 * s;
-  v[b] = x1 * c + x0 * s;
+// One warp per (token, head) of q and k: the head's RMSNorm (Qwen3, when given), then RoPE at the
+// token's position; q rotated in place, k written to the paged cache with v's head beside it.
+constexpr int kHeadWarps = 4;
+constexpr int kMaxHeadDim = 256;
+
+__global__ void rope_and_store_kernel(RopeStep p) {
+  detail::let_next_start();
+  constexpr int kPerLane = kMaxHeadDim / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t t = blockIdx.y, head = int64_t(blockIdx.x) * kHeadWarps + warp;
+  const int64_t D = p.kv.head_dim, kv_heads = p.kv.n_kv_heads, half = D / 2;
+  if (head >= p.n_heads + kv_heads) return;  // warps sync among their own lanes only
+  const bool is_q = head < p.n_heads;
+  const int64_t kv_head = head - p.n_heads;
+  const float* norm = is_q ? p.q_norm : p.k_norm;
+  // The constants (this lane's frequencies and norm weights) while the kernel before finishes.
+  float freq[kPerLane / 2], weight[kPerLane], v[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane / 2; ++j) freq[j] = lane + 32 * j < half ? p.inv_freq[lane + 32 * j] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) weight[j] = norm && lane + 32 * j < D ? norm[lane + 32 * j] : 1.0f;
+  detail::wait_for_previous();
+  const int64_t position = p.pos[t];
+  const float* src = is_q ? p.q + (t * p.n_heads + head) * D : p.k + (t * kv_heads + kv_head) * D;
+  float sum = 0;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    v[j] = lane + 32 * j < D ? src[lane + 32 * j] : 0.0f;
+    sum += v[j] * v[j];
+  }
+  float scale = 1.0f;
+  if (norm) {
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    scale = 1.0f / sqrtf(sum / float(D) + p.eps);
+  }
+  __shared__ float heads[kHeadWarps][kMaxHeadDim];
+  float* row = heads[warp];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j)
+    if (lane + 32 * j < D) row[lane + 32 * j] = norm ? weight[j] * (v[j] * scale) : v[j];
+  __syncwarp();  // every lane has read src (q is rotated in place) and written its part of row
+  float* dst = p.q + (t * p.n_heads + head) * D;
+  if (!is_q) {
+    const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
+    const int64_t at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
+    dst = p.k_pool + at;
+    const float* values = p.v + (t * kv_heads + kv_head) * D;
+    for (int64_t d = lane; d < D; d += 32) p.v_pool[at + d] = values[d];
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane / 2; ++j) {
+    const int64_t i = lane + 32 * j;
+    if (i >= half) break;
+    const float angle = float(position) * freq[j];  // f32 product, as on the CPU
+    float sin, cos;
+    sincosf(angle, &sin, &cos);
+    const int64_t a = p.adjacent_pairs ? 2 * i : i, b = p.adjacent_pairs ? 2 * i + 1 : i + half;
+    const float x0 = row[a], x1 = row[b];
+    dst[a] = x0 * cos - x1 * sin;
+    dst[b] = x1 * cos + x0 * sin;
+  }
 }
 
-__global__ void swiglu_kernel(const float* gate, const float* up, float* out, int64_t n) {
+__global__ void swiglu_pairs_kernel(const float* y, float* out, int64_t n, int64_t half) {
+  detail::let_next_start();
+  detail::wait_for_previous();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    const int64_t t = i / half, j = i % half;
+    const float gate = y[t * 2 * half + 2 * j], up = y[t * 2 * half + 2 * j + 1];
+    out[i] = gate / (1.0f + expf(-gate)) * up;
   }
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
+  detail::let_next_start();
+  detail::wait_for_previous();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += y[i];
 }
@@ -106,12 +166,22 @@ __global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
   if (i < n) y[i] = round_to_bf16(x[i]);
 }
 
-// One block per row: each thread keeps its best (value, index), then the block merges them.
-__global__ void argmax_kernel(const float* logits, int64_t cols, float* values, int32_t* indices) {
-  const float* row = logits + blockIdx.x * cols;
+// The key of ops.h's argmax_rows: ordered value bits, then ~index.
+__device__ unsigned long long argmax_key(float value, int32_t index) {
+  const uint32_t bits = __float_as_uint(value + 0.0f);  // -0 as +0: equal values, as a scan compares them
+  const uint32_t ordered = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+  return (unsigned long long)ordered << 32 | uint32_t(~uint32_t(index));
+}
+
+// Blocks of 256 threads over a row's slices: each thread keeps its best (value, index), the block
+// merges them, and the blocks of a row meet by atomicMax on the packed key (ops.h).
+__global__ void argmax_kernel(const float* logits, int64_t cols, unsigned long long* keys) {
+  detail::let_next_start();
+  detail::wait_for_previous();
+  const float* row = logits + blockIdx.y * cols;
   float best = -INFINITY;
   int64_t at = -1;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < cols; i += int64_t(gridDim.x) * blockDim.x)
     if (at < 0 || row[i] > best) best = row[i], at = i;
   // A candidate wins with a larger value, or an equal value at a lower index (-1: none).
   auto better = [](float v, int64_t i, float w, int64_t j) { return j < 0 || (i >= 0 && (v > w || (v == w && i < j))); };
@@ -127,8 +197,7 @@ __global__ void argmax_kernel(const float* logits, int64_t cols, float* values, 
   if (threadIdx.x == 0) {
     for (int w = 1; w < int(blockDim.x / 32); ++w)
       if (better(warp_best[w], warp_at[w], best, at)) best = warp_best[w], at = warp_at[w];
-    values[blockIdx.x] = best;
-    indices[blockIdx.x] = int32_t(at < 0 ? 0 : at);
+    if (at >= 0 && best == best) atomicMax(keys + blockIdx.y, argmax_key(best, int32_t(at)));
   }
 }
 
@@ -147,21 +216,6 @@ __global__ void add_halves_kernel(float* y, const float* halves, int64_t n, bool
   if (i < n) y[i] = (accumulate ? y[i] : 0.0f) + (halves[i] + halves[n + i]);
 }
 
-// One block per token; threads over its kv heads x head_dim values.
-__global__ void store_kv_kernel(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
-                                const int32_t* table_offset, const int32_t* pos, KvShape shape) {
-  const int64_t t = blockIdx.x, p = pos[t], row = p % shape.block_size;
-  const int64_t block = tables[table_offset[t] + p / shape.block_size];
-  const int64_t per_token = shape.n_kv_heads * shape.head_dim;
-#pragma unroll 4
-  for (int64_t i = threadIdx.x; i < per_token; i += blockDim.x) {
-    const int64_t h = i / shape.head_dim, d = i % shape.head_dim;
-    const int64_t at = ((block * shape.n_kv_heads + h) * shape.block_size + row) * shape.head_dim + d;
-    k_pool[at] = k[t * per_token + i];
-    v_pool[at] = v[t * per_token + i];
-  }
-}
-
 }  // namespace
 
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s) {
@@ -169,32 +223,30 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t d
   if (dim % 4 == 0 && dim <= int64_t(kMaxVectors) * 4 * kThreads) {
     // As few threads as hold the row (a head's 128 floats take one warp), at least one warp.
     const int threads = int(std::min<int64_t>(kThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
-    rmsnorm_vector_kernel<<<unsigned(n), threads, 0, s>>>(x, weight, y, dim, eps);
+    detail::launch_overlapping("rmsnorm", rmsnorm_vector_kernel, unsigned(n), threads, s, x, weight, y, dim, eps);
   } else {
-    rmsnorm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, weight, y, dim, eps);
+    detail::launch_overlapping("rmsnorm", rmsnorm_kernel, unsigned(n), kThreads, s, x, weight, y, dim, eps);
   }
-  detail::check_launch("rmsnorm");
 }
 
-void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
-          const float* inv_freq, bool adjacent_pairs, Stream s) {
-  const int64_t n = n_tokens * n_heads * (head_dim / 2);
-  if (n == 0) return;
-  rope_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, n_tokens, n_heads, head_dim, positions, inv_freq,
-                                                                    adjacent_pairs);
-  detail::check_launch("rope");
+void rope_and_store(const RopeStep& step, int64_t n_tokens, Stream s) {
+  const int64_t heads = step.n_heads + step.kv.n_kv_heads;
+  if (n_tokens == 0 || heads == 0) return;
+  if (step.kv.head_dim % 2 != 0 || step.kv.head_dim > kMaxHeadDim) detail::fail_with("CUDA rope: head_dim must be even and at most 256");
+  const dim3 grid(unsigned((heads + kHeadWarps - 1) / kHeadWarps), unsigned(n_tokens));
+  detail::launch_overlapping("rope_and_store", rope_and_store_kernel, grid, 32 * kHeadWarps, s, step);
 }
 
-void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s) {
-  if (n == 0) return;
-  swiglu_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(gate, up, out, n);
-  detail::check_launch("swiglu");
+void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s) {
+  const int64_t total = n * (cols / 2);
+  if (total == 0) return;
+  detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel, detail::blocks_for(total, kThreads), kThreads, s, y, out,
+                             total, cols / 2);
 }
 
 void add(float* x, const float* y, int64_t n, Stream s) {
   if (n == 0) return;
-  add_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
-  detail::check_launch("add");
+  detail::launch_overlapping("add", add_kernel, detail::blocks_for(n, kThreads), kThreads, s, x, y, n);
 }
 
 void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s) {
@@ -203,10 +255,13 @@ void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s) {
   detail::check_launch("to_bf16");
 }
 
-void argmax_rows(const float* logits, int64_t rows, int64_t cols, float* values, int32_t* indices, Stream s) {
+void argmax_rows(const float* logits, int64_t rows, int64_t cols, uint64_t* keys, Stream s) {
   if (rows == 0) return;
-  argmax_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, cols, values, indices);
-  detail::check_launch("argmax");
+  if (cudaMemsetAsync(keys, 0, size_t(rows) * sizeof(uint64_t), s) != cudaSuccess)  // 0: below every real key
+    detail::fail_with("CUDA argmax: clearing the keys failed");
+  const unsigned per_row = unsigned(std::clamp<int64_t>(cols / 2048, 1, 128));  // 8+ logits a thread
+  detail::launch_overlapping("argmax", argmax_kernel, dim3(per_row, unsigned(rows)), kThreads, s, logits, cols,
+                             reinterpret_cast<unsigned long long*>(keys));
 }
 
 void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, Stream s) {
@@ -219,13 +274,6 @@ void add_halves(float* y, const float* halves, int64_t n, bool accumulate, Strea
   if (n == 0) return;
   add_halves_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(y, halves, n, accumulate);
   detail::check_launch("add_halves");
-}
-
-void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
-              const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s) {
-  if (n_tokens == 0) return;
-  store_kv_kernel<<<unsigned(n_tokens), kThreads, 0, s>>>(k_pool, v_pool, k, v, tables, table_offset, pos, shape);
-  detail::check_launch("store_kv");
 }
 
 }  // namespace shardlm::cuda

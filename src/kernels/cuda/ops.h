@@ -3,8 +3,11 @@
 // the CPU (kernels/cpu/ops.h), so the two paths are checked against each other op by op.
 // Calls are asynchronous on `stream`; errors of the launch throw shardlm::Error.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <span>
 #include <string>
 
 #include "core/dtype.h"
@@ -17,16 +20,22 @@ using Stream = CUstream_st*;  // = cudaStream_t
 
 // y[t] = x[t] / rms(x[t]) * weight for n rows of `dim` (y may alias x).
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s);
-// Rotates each head of x [n_tokens][n_heads][head_dim] by its token's position (as ops::rope).
-void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int32_t* positions,
-          const float* inv_freq, bool adjacent_pairs, Stream s);
-// out = silu(gate) * up (out may alias gate).
-void swiglu(const float* gate, const float* up, float* out, int64_t n, Stream s);
 // x += y.
 void add(float* x, const float* y, int64_t n, Stream s);
 // Each of `rows` rows of `cols` logits: its largest value and that value's index (the lowest index
-// of equal ones, as a sequential scan keeping strictly larger values).
-void argmax_rows(const float* logits, int64_t rows, int64_t cols, float* values, int32_t* indices, Stream s);
+// of equal ones, as a sequential scan keeping strictly larger values; NaN never wins), packed into
+// one key a row so that the blocks of a row meet by atomicMax: the value's bits made to order as
+// unsigned (high word), then ~index (low word: lower indices win ties). A row of NaN gets key 0.
+void argmax_rows(const float* logits, int64_t rows, int64_t cols, uint64_t* keys, Stream s);
+inline void decode_argmax_key(uint64_t key, float* value, int32_t* index) {
+  if (key == 0) {
+    *value = -std::numeric_limits<float>::infinity(), *index = 0;
+    return;
+  }
+  const uint32_t ordered = uint32_t(key >> 32);
+  *value = std::bit_cast<float>(ordered & 0x80000000u ? ordered & 0x7fffffffu : ~ordered);
+  *index = int32_t(~uint32_t(key));
+}
 // y = x rounded to bf16 (nearest even), as bit patterns.
 void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s);
 // x = hi + lo in two bf16 parts (hi = bf16(x), lo = bf16(x - hi)): products of bf16 weights with
@@ -45,6 +54,22 @@ struct DeviceMatrix {
 // y [M][rows] (+)= x [M][cols] W^T, streaming W once for up to 8 rows of x (a decode step reads
 // every weight once); larger M runs in passes of 8. cols: a multiple of 8 (32 when quantized).
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s);
+// The same product written to up to three arrays: W's rows stacked (q, k and v's in one matrix,
+// one launch for the three), part p taking the next parts[p].rows output columns as its own
+// [M][rows] array. With swiglu, W's rows are (gate, up) pairs and its one part [M][rows / 2]
+// gets silu(gate) * up.
+struct MatmulPart {
+  float* y = nullptr;
+  int64_t rows = 0;
+};
+struct MatmulOutput {
+  std::span<const MatmulPart> parts;
+  bool accumulate = false, swiglu = false;
+};
+void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s);
+// out [n][cols / 2] = silu(gate) * up of rows of (gate, up) pairs, y [n][cols] (a tensor-core
+// product of a gate|up interleaved matrix).
+void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s);
 
 // Paged KV cache of one layer: block b of the K pool and of the V pool is
 // [local kv head][block_size][head_dim] floats. Token t of a step sits at position pos[t] of its
@@ -52,8 +77,23 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool acc
 struct KvShape {
   int64_t n_kv_heads = 0, head_dim = 0, block_size = 16;
 };
-void store_kv(float* k_pool, float* v_pool, const float* k, const float* v, const int32_t* tables,
-              const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, KvShape shape, Stream s);
+// One step's q and k heads made ready for attention: each head RMS-normalized when its norm is
+// given (Qwen3), then rotated by its token's position (as ops::rope); q in place, k written into
+// the paged cache with v's head beside it. q [n][n_heads][head_dim], k and v [n][n_kv_heads][head_dim].
+struct RopeStep {
+  float* q = nullptr;
+  const float *k = nullptr, *v = nullptr;
+  const float *q_norm = nullptr, *k_norm = nullptr;  // [head_dim] each, or null
+  float eps = 0;
+  int64_t n_heads = 0;
+  const int32_t* pos = nullptr;
+  const float* inv_freq = nullptr;
+  bool adjacent_pairs = false;
+  float *k_pool = nullptr, *v_pool = nullptr;
+  const int32_t *tables = nullptr, *table_offset = nullptr;
+  KvShape kv;
+};
+void rope_and_store(const RopeStep& step, int64_t n_tokens, Stream s);
 
 // Causal attention for n_tokens query tokens [n][n_heads][head_dim]: token t sees positions
 // 0..pos[t] of its sequence. Local query head h is model head head_offset + h and reads local kv
@@ -63,13 +103,14 @@ struct AttentionShape {
   KvShape kv;
 };
 // Long contexts are split over `splits` blocks per (token, head) (flash-decoding), whose partial
-// results need attention_partial_floats() floats of scratch; attention_splits() picks the count
+// results need attention_partial_floats() floats of scratch, and `counters` n_tokens x n_heads
+// ints, zero-filled when first allocated (each launch leaves them zero); attention_splits() picks the count
 // from the longest position of the step (max_pos) so that the GPU is full.
 int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
 int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape);
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               float* partial, float* out, Stream s);
+               float* partial, int32_t* counters, float* out, Stream s);
 
 // The pieces of tensor-core attention for a long prompt (tensor_core_gemm.h): keys and values of
 // positions [0, length) of one sequence gathered to contiguous [kv head][length][head_dim], and a

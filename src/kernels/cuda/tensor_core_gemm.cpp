@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include "core/dtype.h"
 
 #include "core/shared_library.h"
 #include "kernels/cuda/launch.h"
@@ -174,8 +177,16 @@ double TensorCoreGemm::measure_bf16_flops(int device, std::string* why) {
     if (g) {
       constexpr int64_t n = 8192;
       DeviceBuffer a(size_t(n * n) * 2), b(size_t(n * n) * 2), c(size_t(n * n) * 4);
-      SHARDLM_CUDA_CHECK(cudaMemsetAsync(a.get(), 0x3c, a.bytes(), s));  // bf16 0x3c3c: about 0.0115
-      SHARDLM_CUDA_CHECK(cudaMemsetAsync(b.get(), 0x3c, b.bytes(), s));
+      // Random operands, as a model's are: constant ones flip fewer bits, draw less power and
+      // clock higher (the tensor cores run faster on constant data than on a model's).
+      std::vector<uint16_t> values(size_t(n * n));
+      uint32_t state = 0x9e3779b9u;
+      for (uint16_t& v : values) {
+        state ^= state << 13, state ^= state >> 17, state ^= state << 5;  // xorshift32
+        v = f32_to_bf16(float(int32_t(state >> 8) - (1 << 23)) / float(1 << 23));  // uniform in [-1, 1)
+      }
+      SHARDLM_CUDA_CHECK(cudaMemcpy(a.get(), values.data(), a.bytes(), cudaMemcpyHostToDevice));
+      SHARDLM_CUDA_CHECK(cudaMemcpy(b.get(), values.data(), b.bytes(), cudaMemcpyHostToDevice));
       const float one = 1.0f, zero = 0.0f;
       const double seconds = detail::median_seconds(s, 5, [&] {
         check(cublas().gemm(static_cast<cublasHandle_t>(g->handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(n), int(n),

@@ -25,7 +25,8 @@ namespace {
 
 struct DeviceLayer {
   DeviceBuffer attn_norm, mlp_norm, q_norm, k_norm;
-  DeviceMatrix q, k, v, o, gate, up, down;
+  DeviceMatrix qkv, q, k, v;  // q, k and v: views of the rows of qkv
+  DeviceMatrix o, gate_up, down;  // gate_up: gate and up rows interleaved, (gate j, up j) pairs
 };
 
 }  // namespace
@@ -40,9 +41,10 @@ struct CudaTransformer::Impl {
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
-  DeviceBuffer x, h, q, k, v, attn, gate, up, partial, tables, offsets, positions, logits, splits, head_x, best;
+  DeviceBuffer x, h, q, k, v, attn, gate_up, act, partial, tables, offsets, positions, logits, splits, counters, head_x, best;
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions;
+  std::vector<uint64_t> host_keys;
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
   // captured once per (tokens, attention splits) and valid while the buffers it names stay put.
@@ -63,16 +65,17 @@ struct CudaTransformer::Impl {
     for (DeviceBuffer* b : {&x, &h, &partial}) b->grow(size_t(tokens * hidden) * 4);
     for (DeviceBuffer* b : {&q, &attn}) b->grow(size_t(tokens * q_dim) * 4);
     for (DeviceBuffer* b : {&k, &v}) b->grow(size_t(tokens * kv_dim) * 4);
-    for (DeviceBuffer* b : {&gate, &up}) b->grow(size_t(tokens * ffn) * 4);
+    gate_up.grow(size_t(tokens * 2 * ffn) * 4);
+    act.grow(size_t(tokens * ffn) * 4);
     for (DeviceBuffer* b : {&offsets, &positions}) b->grow(size_t(tokens) * 4);
-    if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, ffn}));
+    if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, 2 * ffn}));
   }
   // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first.
   template <class F>
   void replay(std::pair<int64_t, int64_t> key, F&& enqueue) {
     const std::vector<const void*> buffers{x.get(),    h.get(),      q.get(),         k.get(),
-                                           v.get(),    attn.get(),   gate.get(),      up.get(),
-                                           tables.get(), offsets.get(), positions.get(), splits.get(),
+                                           v.get(),    attn.get(),   gate_up.get(),   act.get(),
+                                           tables.get(), offsets.get(), positions.get(), splits.get(), counters.get(),
                                            gemm ? gemm->scratch().first : nullptr,
                                            gemm ? gemm->scratch().second : nullptr};
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
@@ -108,21 +111,86 @@ struct CudaTransformer::Impl {
   }
   // Rows as they are in every dtype (a column slice's stride dropped): matmul reads f32, bf16,
   // f16, q8_0 and q4_0 weights itself.
-  DeviceMatrix upload_matrix(const WeightMatrix& m) {
-    if (!m.data || m.rows == 0) return {};
-    const int64_t row_bytes = dtype_bytes(m.dtype, m.cols);
-    DeviceBuffer& b = weights.emplace_back(size_t(row_bytes * m.rows));
-    SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get(), size_t(row_bytes), m.data, size_t(m.row_stride), size_t(row_bytes),
-                                    size_t(m.rows), cudaMemcpyHostToDevice));
-    return {m.dtype, b.get(), m.rows, m.cols};
+  DeviceMatrix upload_matrix(const WeightMatrix& m) { return upload_group({&m}, false); }
+  // Several matrices of the same columns in one: their rows stacked (q, k and v: one launch of a
+  // decode step reads the three), or interleaved row by row (gate and up: each (gate j, up j) pair
+  // side by side, for SwiGLU in the product's epilogue). Matrices of different dtypes are widened
+  // to f32 first, a matrix having one dtype.
+  DeviceMatrix upload_group(std::initializer_list<const WeightMatrix*> group, bool interleave) {
+    const WeightMatrix& first = **group.begin();
+    int64_t rows = 0;
+    bool mixed = false;
+    for (const WeightMatrix* m : group) {
+      if (!m->data || m->rows == 0) return {};
+      SHARDLM_CHECK(m->cols == first.cols && (!interleave || m->rows == first.rows),
+                    "internal: matrices of different shapes grouped on the GPU");
+      rows += m->rows;
+      mixed |= m->dtype != first.dtype;
+    }
+    const DType dtype = mixed ? DType::F32 : first.dtype;
+    const int64_t row_bytes = dtype_bytes(dtype, first.cols);
+    const int64_t pitch = interleave ? row_bytes * int64_t(group.size()) : row_bytes;
+    DeviceBuffer& b = weights.emplace_back(size_t(row_bytes * rows));
+    std::vector<float> widened;
+    int64_t offset = 0;  // bytes to this matrix's first row
+    for (const WeightMatrix* m : group) {
+      const uint8_t* src = m->data;
+      int64_t src_pitch = m->row_stride;
+      if (mixed) {
+        widened.resize(size_t(m->rows * m->cols));
+        for (int64_t r = 0; r < m->rows; ++r)
+          to_f32(m->dtype, m->data + r * m->row_stride, widened.data() + r * m->cols, m->cols);
+        src = reinterpret_cast<const uint8_t*>(widened.data()), src_pitch = row_bytes;
+      }
+      SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get<uint8_t>() + offset, size_t(pitch), src, size_t(src_pitch),
+                                      size_t(row_bytes), size_t(m->rows), cudaMemcpyHostToDevice));
+      offset += interleave ? row_bytes : row_bytes * m->rows;
+    }
+    return {dtype, b.get(), rows, first.cols};
+  }
+  // Rows [begin, begin + count) of m.
+  static DeviceMatrix rows_of(const DeviceMatrix& m, int64_t begin, int64_t count) {
+    return {m.dtype, static_cast<const uint8_t*>(m.data) + begin * dtype_bytes(m.dtype, m.cols), count, m.cols};
   }
 
   // y (+)= x W^T: many rows on the tensor cores, a decode step's few by streaming W (and every
   // product of f16 or quantized weights: cuBLAS takes them only once dequantized, a next step).
+  bool on_tensor_cores(const DeviceMatrix& w, int64_t n) const {
+    return gemm && (w.dtype == DType::BF16 || w.dtype == DType::F32) && n >= cuda::TensorCoreGemm::kMinRows;
+  }
   void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate) {
-    const bool tensor_cores = w.dtype == DType::BF16 || w.dtype == DType::F32;
-    if (gemm && tensor_cores && n >= cuda::TensorCoreGemm::kMinRows) gemm->run(x_rows, n, w, y, accumulate);
+    if (on_tensor_cores(w, n)) gemm->run(x_rows, n, w, y, accumulate);
     else cuda::matmul(x_rows, n, w, y, accumulate, stream);
+  }
+  // The product's input: x normalized into h.
+  const float* normed(const float* x_rows, int64_t n, const DeviceBuffer& norm, int64_t dim, float eps) {
+    cuda::rmsnorm(x_rows, norm.get<float>(), h.get<float>(), n, dim, eps, stream);
+    return h.get<float>();
+  }
+  // q, k and v of n rows of RMSNorm(x): one streaming launch over their stacked rows, or three products.
+  void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* q_out, float* k_out,
+                   float* v_out) {
+    const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
+    if (on_tensor_cores(L.qkv, n)) {
+      gemm->run(in, n, L.q, q_out, false);
+      gemm->run(in, n, L.k, k_out, false);
+      gemm->run(in, n, L.v, v_out, false);
+      return;
+    }
+    const cuda::MatmulPart parts[] = {{q_out, L.q.rows}, {k_out, L.k.rows}, {v_out, L.v.rows}};
+    cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream);
+  }
+  // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
+  // or after the tensor cores' product of the interleaved matrix (into gate_up).
+  void mlp_activation(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act) {
+    const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
+    if (on_tensor_cores(L.gate_up, n)) {
+      gemm->run(in, n, L.gate_up, gate_up.get<float>(), false);
+      cuda::swiglu_pairs(gate_up.get<float>(), act, n, L.gate_up.rows, stream);
+      return;
+    }
+    const cuda::MatmulPart part{act, L.gate_up.rows / 2};
+    cuda::matmul(in, n, L.gate_up, cuda::MatmulOutput{{&part, 1}, false, /*swiglu=*/true}, stream);
   }
 };
 
@@ -143,8 +211,13 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
     D.mlp_norm = d.upload_vector(L.mlp_norm);
     D.q_norm = d.upload_vector(L.q_norm);
     D.k_norm = d.upload_vector(L.k_norm);
-    D.q = d.upload_matrix(L.q), D.k = d.upload_matrix(L.k), D.v = d.upload_matrix(L.v), D.o = d.upload_matrix(L.o);
-    D.gate = d.upload_matrix(L.gate), D.up = d.upload_matrix(L.up), D.down = d.upload_matrix(L.down);
+    D.qkv = d.upload_group({&L.q, &L.k, &L.v}, /*interleave=*/false);
+    D.q = Impl::rows_of(D.qkv, 0, L.q.rows);
+    D.k = Impl::rows_of(D.qkv, L.q.rows, L.k.rows);
+    D.v = Impl::rows_of(D.qkv, L.q.rows + L.k.rows, L.v.rows);
+    D.o = d.upload_matrix(L.o);
+    D.gate_up = d.upload_group({&L.gate, &L.up}, /*interleave=*/true);
+    D.down = d.upload_matrix(L.down);
   }
   if (w.slice.head) {
     d.final_norm = d.upload_vector(w.final_norm);
@@ -256,10 +329,12 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     }
   }
   d.splits.grow(size_t(partial_floats) * 4 + 4);
+  if (d.counters.grow(size_t(n * d.n_heads) * 4))  // they start at zero, and the attention leaves them so
+    SHARDLM_CUDA_CHECK(cudaMemsetAsync(d.counters.get(), 0, d.counters.bytes(), s));
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
     if (!long_segment) {
       cuda::attention(q_rows, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>(),
-                      d.positions.get<int32_t>(), n, splits, shape, d.splits.get<float>(), out, s);
+                      d.positions.get<int32_t>(), n, splits, shape, d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
       return;
     }
     int64_t t = 0;
@@ -272,36 +347,26 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
       } else {
         cuda::attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>() + t,
                         d.positions.get<int32_t>() + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
-                        out + t * q_dim, s);
+                        d.counters.get<int32_t>(), out + t * q_dim, s);
       }
       t += seg.n_tokens;
     }
   };
-  float *h = d.h.get<float>(), *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
+  float *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
   const int32_t *tables = d.tables.get<int32_t>(), *offsets = d.offsets.get<int32_t>(), *pos = d.positions.get<int32_t>();
   auto enqueue_layers = [&] {
     for (size_t l = 0; l < d.layers.size(); ++l) {
       const DeviceLayer& L = d.layers[l];
-      cuda::rmsnorm(dx, L.attn_norm.get<float>(), h, n, H, eps, s);
-      d.matmul(h, n, L.q, q, false);
-      d.matmul(h, n, L.k, k, false);
-      d.matmul(h, n, L.v, v, false);
-      if (L.q_norm.bytes()) {  // Qwen3: RMSNorm over each head of q and k, before RoPE
-        cuda::rmsnorm(q, L.q_norm.get<float>(), q, n * d.n_heads, D, eps, s);
-        cuda::rmsnorm(k, L.k_norm.get<float>(), k, n * d.n_kv_heads, D, eps, s);
-      }
-      cuda::rope(q, n, d.n_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
-      cuda::rope(k, n, d.n_kv_heads, D, pos, d.inv_freq.get<float>(), adjacent, s);
+      d.project_qkv(dx, n, L, eps, q, k, v);
       float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
-      cuda::store_kv(k_pool, v_pool, k, v, tables, offsets, pos, n, kv_shape, s);
+      cuda::RopeStep step{q, k, v, L.q_norm.get<float>(), L.k_norm.get<float>(), eps, d.n_heads, pos,
+                          d.inv_freq.get<float>(), adjacent, k_pool, v_pool, tables, offsets, kv_shape};
+      cuda::rope_and_store(step, n, s);
       attend(q, k_pool, v_pool, d.attn.get<float>());
       project_and_add(L.o, d.attn.get<float>());
 
-      cuda::rmsnorm(dx, L.mlp_norm.get<float>(), h, n, H, eps, s);
-      d.matmul(h, n, L.gate, d.gate.get<float>(), false);
-      d.matmul(h, n, L.up, d.up.get<float>(), false);
-      cuda::swiglu(d.gate.get<float>(), d.up.get<float>(), d.gate.get<float>(), n * d.ffn, s);
-      project_and_add(L.down, d.gate.get<float>());
+      d.mlp_activation(dx, n, L, eps, d.act.get<float>());
+      project_and_add(L.down, d.act.get<float>());
     }
   };
   // Decode steps (and short chunks) as graphs: not the tensor cores' attention (its launches per
@@ -344,10 +409,11 @@ void CudaTransformer::head_argmax(const float* x, std::span<const int64_t> rows,
   Impl& d = *impl_;
   const int64_t m = int64_t(rows.size());
   d.best.grow(size_t(m) * 8);
-  cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<float>(), d.best.get<int32_t>() + m, d.stream);
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(values, d.best.get<float>(), size_t(m) * 4, cudaMemcpyDeviceToHost, d.stream));
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(ids, d.best.get<int32_t>() + m, size_t(m) * 4, cudaMemcpyDeviceToHost, d.stream));
+  cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<uint64_t>(), d.stream);
+  d.host_keys.resize(size_t(m));
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.host_keys.data(), d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+  for (int64_t i = 0; i < m; ++i) cuda::decode_argmax_key(d.host_keys[size_t(i)], values + i, ids + i);
 }
 
 }  // namespace shardlm
