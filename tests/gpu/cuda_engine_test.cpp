@@ -36,13 +36,21 @@ GenerateRequest request() {
   return r;
 }
 
-GenerateResult run_engine(const std::string& model, const std::string& device) {
+GenerateResult run_engine(const std::string& model, const std::string& device,
+                          const GenerateRequest& r = request()) {
   EngineOptions o;
   o.model_path = model;
   o.context = 512;
   o.device = device;
   Engine e(o);
-  return e.generate(request());
+  return e.generate(r);
+}
+
+// A prompt of more than 256 tokens: prefill on the tensor cores.
+GenerateRequest long_request() {
+  GenerateRequest r = request();
+  for (int i = 0; i < 20; ++i) r.prompt += "Pipeline stages hold layers; tensor ranks hold slices of every layer. ";
+  return r;
 }
 
 void compare(const std::string& flags, double tolerance) {
@@ -69,7 +77,9 @@ TEST(Cuda, OneGpuMatchesTheCpu) {
 
 // GGUF weights in f16, q8_0 and q4_0 run on the GPU in their own dtype (dequantized in the
 // matmul): the CPU's tokens, and logits within 1e-4 (both widen each weight exactly to f32; only
-// the order of the sums differs).
+// the order of the sums differs). A long prompt's products run on the tensor cores (f16 as it is,
+// q8_0 and q4_0 widened to f16, x rounded to f16): the CPU's tokens, logits within the issue's
+// bf16 tolerance (measured: 5e-4 to 1e-3).
 TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string hf = test::test_model(test::parse_make_model_flags("--arch llama --preset small --dtype f32"));
@@ -83,6 +93,17 @@ TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
     const double err_logits = test::max_relative_error(gpu.first_logits, cpu.first_logits);
     std::printf("%s weights: GPU vs CPU max relative logit error %.3g\n", dtype.c_str(), err_logits);
     EXPECT_LT(err_logits, 1e-4) << dtype;
+    // 8 tokens: random weights make near-ties, where the prefill's 16-bit rounding (logits within
+    // 1e-3) may move a later switch between repeated tokens by a step (q4_0 did at token 20).
+    GenerateRequest r = long_request();
+    r.max_new_tokens = 8;
+    const GenerateResult cpu_long = run_engine(gguf, "cpu", r), gpu_long = run_engine(gguf, "cuda", r);
+    ASSERT_GT(cpu_long.prompt_ids.size(), 256u);
+    EXPECT_EQ(gpu_long.output_ids, cpu_long.output_ids) << dtype << ", long prompt";
+    const double err_long = test::max_relative_error(gpu_long.first_logits, cpu_long.first_logits);
+    std::printf("%s weights, prompt of %zu tokens: GPU vs CPU max relative logit error %.3g\n", dtype.c_str(),
+                cpu_long.prompt_ids.size(), err_long);
+    EXPECT_LT(err_long, 1e-2) << dtype;
   }
 }
 
@@ -92,8 +113,7 @@ TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
 TEST(Cuda, LongPromptsOnTheTensorCoresMatchTheCpu) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string model = test::test_model(test::parse_make_model_flags("--arch qwen3 --preset small --dtype bf16"));
-  GenerateRequest r = request();
-  for (int i = 0; i < 20; ++i) r.prompt += "Pipeline stages hold layers; tensor ranks hold slices of every layer. ";
+  const GenerateRequest r = long_request();
   for (int64_t chunk : {int64_t(64), int64_t(0)}) {
     std::vector<GenerateResult> results;
     for (const char* device : {"cpu", "cuda"}) {

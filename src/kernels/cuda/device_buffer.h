@@ -1,4 +1,4 @@
-// Device memory owned by one object (cudaMalloc / cudaFree), grown on demand for scratch.
+// Device memory (cudaMalloc) and page-locked host memory (cudaMallocHost) owned by one object.
 #pragma once
 #include <cstddef>
 #include <utility>
@@ -7,27 +7,29 @@
 
 namespace shardlm::cuda {
 
-class DeviceBuffer {
+// Memory of one kind owned by one object, grown on demand for scratch.
+template <class Memory>
+class Buffer {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) { grow(bytes); }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  Buffer() = default;
+  explicit Buffer(size_t bytes) { grow(bytes); }
+  Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(bytes_, o.bytes_);
     return *this;
   }
-  ~DeviceBuffer() {
-    if (p_) cudaFree(p_);
+  ~Buffer() {
+    if (p_) Memory::release(p_);
   }
 
   // At least `bytes` (contents not kept when it grows); true when it grew.
   bool grow(size_t bytes) {
     if (bytes <= bytes_) return false;
-    if (p_) SHARDLM_CUDA_CHECK(cudaFree(p_));
+    if (p_) Memory::release(p_);
     p_ = nullptr;
     bytes_ = 0;
-    SHARDLM_CUDA_CHECK(cudaMalloc(&p_, bytes));
+    p_ = Memory::allocate(bytes);
     bytes_ = bytes;
     return true;
   }
@@ -41,5 +43,27 @@ class DeviceBuffer {
   void* p_ = nullptr;
   size_t bytes_ = 0;
 };
+
+struct DeviceMemory {  // cudaMalloc
+  static void* allocate(size_t bytes) {
+    void* p = nullptr;
+    SHARDLM_CUDA_CHECK(cudaMalloc(&p, bytes));
+    return p;
+  }
+  static void release(void* p) { cudaFree(p); }
+};
+// Page-locked host memory (cudaMallocHost): a copy from or to it is one asynchronous DMA, where
+// pageable memory makes every small copy a synchronous staging round trip.
+struct PinnedMemory {
+  static void* allocate(size_t bytes) {
+    void* p = nullptr;
+    SHARDLM_CUDA_CHECK(cudaMallocHost(&p, bytes));
+    return p;
+  }
+  static void release(void* p) { cudaFreeHost(p); }
+};
+
+using DeviceBuffer = Buffer<DeviceMemory>;
+using PinnedBuffer = Buffer<PinnedMemory>;
 
 }  // namespace shardlm::cuda

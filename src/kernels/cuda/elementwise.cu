@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/overlap.cuh"
@@ -155,15 +156,11 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
   if (i < n) x[i] += y[i];
 }
 
-// Round to nearest even, as core/dtype's f32_to_bf16.
-__device__ uint16_t round_to_bf16(float v) {
-  const uint32_t b = __float_as_uint(v);
-  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
 
-__global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
+template <class Half>
+__global__ void to_half_kernel(const float* x, uint16_t* y, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) y[i] = round_to_bf16(x[i]);
+  if (i < n) y[i] = Half::round(x[i]);
 }
 
 // The key of ops.h's argmax_rows: ordered value bits, then ~index.
@@ -202,12 +199,13 @@ __global__ void argmax_kernel(const float* logits, int64_t cols, unsigned long l
 }
 
 // x = hi + lo with both bf16: hi = bf16(x), lo = bf16(x - hi) (together about 16 bits of mantissa).
-__global__ void split_bf16_kernel(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+template <class Half>
+__global__ void split_half_kernel(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) {
-    const uint16_t h = round_to_bf16(x[i]);
+    const uint16_t h = Half::round(x[i]);
     hi[i] = h;
-    lo[i] = round_to_bf16(x[i] - __uint_as_float(uint32_t(h) << 16));
+    lo[i] = Half::round(x[i] - Half::widen(h));
   }
 }
 
@@ -249,10 +247,12 @@ void add(float* x, const float* y, int64_t n, Stream s) {
   detail::launch_overlapping("add", add_kernel, detail::blocks_for(n, kThreads), kThreads, s, x, y, n);
 }
 
-void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s) {
+void to_half(const float* x, uint16_t* y, int64_t n, DType half, Stream s) {
   if (n == 0) return;
-  to_bf16_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, y, n);
-  detail::check_launch("to_bf16");
+  const unsigned blocks = detail::blocks_for(n, kThreads);
+  if (half == DType::F16) to_half_kernel<detail::F16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
+  else to_half_kernel<detail::Bf16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
+  detail::check_launch("to_half");
 }
 
 void argmax_rows(const float* logits, int64_t rows, int64_t cols, uint64_t* keys, Stream s) {
@@ -264,10 +264,12 @@ void argmax_rows(const float* logits, int64_t rows, int64_t cols, uint64_t* keys
                              reinterpret_cast<unsigned long long*>(keys));
 }
 
-void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, Stream s) {
+void split_half(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, DType half, Stream s) {
   if (n == 0) return;
-  split_bf16_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(x, hi, lo, n);
-  detail::check_launch("split_bf16");
+  const unsigned blocks = detail::blocks_for(n, kThreads);
+  if (half == DType::F16) split_half_kernel<detail::F16Bits><<<blocks, kThreads, 0, s>>>(x, hi, lo, n);
+  else split_half_kernel<detail::Bf16Bits><<<blocks, kThreads, 0, s>>>(x, hi, lo, n);
+  detail::check_launch("split_half");
 }
 
 void add_halves(float* y, const float* halves, int64_t n, bool accumulate, Stream s) {

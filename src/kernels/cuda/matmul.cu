@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/overlap.cuh"
@@ -50,10 +51,17 @@ struct F16Row {
   __device__ static const void* at(const void* row, int64_t k) { return static_cast<const uint16_t*>(row) + k; }
   __device__ static Raw load(const void* row, int64_t k) { return load_once(at(row, k)); }
   __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
-    auto lo = [](uint32_t v) { return __half2float(__ushort_as_half(uint16_t(v & 0xffffu))); };
-    auto hi = [](uint32_t v) { return __half2float(__ushort_as_half(uint16_t(v >> 16))); };
-    return lo(w.x) * a.x + hi(w.x) * a.y + lo(w.y) * a.z + hi(w.y) * a.w + lo(w.z) * b.x + hi(w.z) * b.y +
-           lo(w.w) * b.z + hi(w.w) * b.w;
+    float v[8];
+    widen(w, v);
+    return v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z + v[7] * b.w;
+  }
+  __device__ static void widen(const Raw& w, float (&v)[8]) {
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __half2float(__ushort_as_half(uint16_t(words[i] & 0xffffu)));
+      v[2 * i + 1] = __half2float(__ushort_as_half(uint16_t(words[i] >> 16)));
+    }
   }
 };
 // GGUF blocks of 32 (core/dtype.h): an f16 scale, then 32 int8 (q8_0) or 32 nibbles (q4_0: element
@@ -75,6 +83,11 @@ struct Q8Row {
                       v(7) * b.w;
     return __half2float(__ushort_as_half(w.scale)) * sum;
   }
+  __device__ static void widen(const Raw& w, float (&v)[8]) {
+    const float scale = __half2float(__ushort_as_half(w.scale));
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = scale * float(int8_t(uint8_t(w.q[i / 2] >> (8 * (i % 2)))));
+  }
 };
 struct Q4Row {
   struct Raw {
@@ -94,6 +107,12 @@ struct Q4Row {
     const float sum = v(0) * a.x + v(1) * a.y + v(2) * a.z + v(3) * a.w + v(4) * b.x + v(5) * b.y + v(6) * b.z +
                       v(7) * b.w;
     return __half2float(__ushort_as_half(w.scale)) * sum;
+  }
+  __device__ static void widen(const Raw& w, float (&v)[8]) {
+    const float scale = __half2float(__ushort_as_half(w.scale));
+    const int shift = w.high ? 4 : 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = scale * float(int((w.q[i / 2] >> (8 * (i % 2) + shift)) & 0xfu) - 8);
   }
 };
 struct F32Row {
@@ -238,6 +257,20 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, 
   }
 }
 
+// One thread per 8 weights: widened to f32 as the matrix-vector kernel does, rounded to f16.
+template <class W>
+__global__ void to_f16_kernel(const void* weights, int64_t rows, int64_t K, int64_t row_bytes, uint4* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, per_row = K / kLaneElements;
+  if (i >= rows * per_row) return;
+  const int64_t r = i / per_row, k = i % per_row * kLaneElements;
+  float v[8];
+  W::widen(W::load(static_cast<const uint8_t*>(weights) + r * row_bytes, k), v);
+  auto pair = [&](int j) {
+    return uint32_t(detail::F16Bits::round(v[2 * j])) | uint32_t(detail::F16Bits::round(v[2 * j + 1])) << 16;
+  };
+  out[i] = make_uint4(pair(0), pair(1), pair(2), pair(3));
+}
+
 template <class W>
 void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, Stream s) {
   // Rows per block: as many as keep about 1024 blocks (8 per SM), so wide matrices give each warp
@@ -305,6 +338,25 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput
       launch<Q4Row>(x, M, w, e, s);
       break;
   }
+}
+
+void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {
+  const int64_t n = w.rows * (w.cols / kLaneElements);
+  if (n == 0) return;
+  const unsigned blocks = detail::blocks_for(n, 256);
+  const int64_t row_bytes = dtype_bytes(w.dtype, w.cols);
+  uint4* o = reinterpret_cast<uint4*>(out);
+  switch (w.dtype) {
+    case DType::Q8_0:
+      to_f16_kernel<Q8Row><<<blocks, 256, 0, s>>>(w.data, w.rows, w.cols, row_bytes, o);
+      break;
+    case DType::Q4_0:
+      to_f16_kernel<Q4Row><<<blocks, 256, 0, s>>>(w.data, w.rows, w.cols, row_bytes, o);
+      break;
+    default:
+      detail::fail_with("CUDA widen_to_f16: only q8_0 and q4_0 matrices are widened");
+  }
+  detail::check_launch("widen_to_f16");
 }
 
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s) {

@@ -36,11 +36,11 @@ inline void decode_argmax_key(uint64_t key, float* value, int32_t* index) {
   *value = std::bit_cast<float>(ordered & 0x80000000u ? ordered & 0x7fffffffu : ~ordered);
   *index = int32_t(~uint32_t(key));
 }
-// y = x rounded to bf16 (nearest even), as bit patterns.
-void to_bf16(const float* x, uint16_t* y, int64_t n, Stream s);
-// x = hi + lo in two bf16 parts (hi = bf16(x), lo = bf16(x - hi)): products of bf16 weights with
-// both, summed in f32, are within about 1e-5 of the f32 product.
-void split_bf16(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, Stream s);
+// y = x rounded to `half` (BF16 or F16, nearest even), as bit patterns.
+void to_half(const float* x, uint16_t* y, int64_t n, DType half, Stream s);
+// x = hi + lo in two parts of `half` (hi = half(x), lo = half(x - hi)): products of 16-bit weights
+// with both, summed in f32, are within about 1e-5 (bf16) or 1e-7 (f16) of the f32 product.
+void split_half(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, DType half, Stream s);
 // y (+)= halves[i] + halves[n + i] for i < n.
 void add_halves(float* y, const float* halves, int64_t n, bool accumulate, Stream s);
 
@@ -67,6 +67,9 @@ struct MatmulOutput {
   bool accumulate = false, swiglu = false;
 };
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s);
+// A q8_0 or q4_0 matrix widened to f32 as matmul does, then rounded to f16 (within 2^-12): out
+// [rows][cols] (a long chunk's product of such weights then runs on the tensor cores).
+void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s);
 // out [n][cols / 2] = silu(gate) * up of rows of (gate, up) pairs, y [n][cols] (a tensor-core
 // product of a gate|up interleaved matrix).
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s);

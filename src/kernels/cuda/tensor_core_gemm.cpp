@@ -84,33 +84,33 @@ TensorCoreGemm::~TensorCoreGemm() {
 }
 
 void TensorCoreGemm::reserve(int64_t M, int64_t cols, int64_t rows) {
-  x_bf16_.grow(size_t(2 * M * cols) * 2);
+  x_half_.grow(size_t(2 * M * cols) * 2);
   if (M < kPreciseRows) halves_.grow(size_t(2 * M * rows) * 4);
 }
 
 void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
   if (M == 0 || w.rows == 0) return;
-  SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F32, "internal: tensor-core product of {} weights",
-                dtype_name(w.dtype));
+  SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F16 || w.dtype == DType::F32,
+                "internal: tensor-core product of {} weights", dtype_name(w.dtype));
   // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
   const void* b = x;
   cudaDataType_t type = CUDA_R_32F;
   int64_t rows = M;
   float* out = y;
-  const bool precise = w.dtype == DType::BF16 && M < kPreciseRows;
+  const bool half = w.dtype != DType::F32, precise = half && M < kPreciseRows;
   // The two parts' products go to scratch and are summed into y by add_halves.
   const float alpha = 1.0f, beta = accumulate && !precise ? 1.0f : 0.0f;
-  if (w.dtype == DType::BF16) {
-    type = CUDA_R_16BF;
+  if (half) {  // x in the weights' 16-bit type
+    type = w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
     reserve(M, w.cols, w.rows);
-    uint16_t* parts = x_bf16_.get<uint16_t>();
+    uint16_t* parts = x_half_.get<uint16_t>();
     b = parts;
     if (precise) {
-      split_bf16(x, parts, parts + M * w.cols, M * w.cols, stream_);
+      split_half(x, parts, parts + M * w.cols, M * w.cols, w.dtype, stream_);
       rows = 2 * M;
       out = halves_.get<float>();
     } else {
-      to_bf16(x, parts, M * w.cols, stream_);
+      to_half(x, parts, M * w.cols, w.dtype, stream_);
     }
   }
   check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(rows), int(w.cols),

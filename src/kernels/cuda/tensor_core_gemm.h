@@ -26,12 +26,12 @@ class TensorCoreGemm {
   // shorter ones, batched together, cost less on the paged kernel than launches per head group.
   static constexpr int64_t kMinAttentionRows = 256;
 
-  // y [M][rows] (+)= x [M][cols] W^T, as cuda::matmul; f32 accumulation. bf16 weights take x in
-  // bf16 (the tensor cores' input): below kPreciseRows rows (decode batches, short chunks, where
-  // the product is bound by reading W) as two bf16 parts hi + lo stacked into one product of 2M
-  // rows, within about 1e-5 of f32, so a sequence's tokens do not depend on its batch; from it on
-  // (prefill, bound by FLOP/s) rounded once, within bf16 rounding of the activations (about 1e-3).
-  // f32 weights stay in f32.
+  // y [M][rows] (+)= x [M][cols] W^T, as cuda::matmul; f32 accumulation. bf16 (f16) weights take
+  // x in bf16 (f16), the tensor cores' input: below kPreciseRows rows (decode batches, short
+  // chunks, where the product is bound by reading W) as two parts hi + lo stacked into one product
+  // of 2M rows, within about 1e-5 of f32, so a sequence's tokens do not depend on its batch; from
+  // it on (prefill, bound by FLOP/s) rounded once, within the type's rounding of the activations
+  // (bf16 about 4e-3, f16 5e-4). f32 weights stay in f32.
   void run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
   static constexpr int64_t kPreciseRows = 64;
 
@@ -39,7 +39,7 @@ class TensorCoreGemm {
   // and `rows` rows: done before a CUDA graph capture, which must not allocate.
   void reserve(int64_t M, int64_t cols, int64_t rows);
   // That scratch's addresses (a captured graph names them).
-  std::pair<const void*, const void*> scratch() const { return {x_bf16_.get(), halves_.get()}; }
+  std::pair<const void*, const void*> scratch() const { return {x_half_.get(), halves_.get()}; }
 
   // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out
   // [n][heads][head_dim], as cuda::attention) over its keys and values 0..start+n-1 in the paged
@@ -58,7 +58,7 @@ class TensorCoreGemm {
   TensorCoreGemm() = default;
   void* handle_ = nullptr;  // cublasHandle_t
   Stream stream_ = nullptr;
-  DeviceBuffer x_bf16_, halves_, k_rows_, v_rows_, scores_;
+  DeviceBuffer x_half_, halves_, k_rows_, v_rows_, scores_;
 };
 
 }  // namespace shardlm::cuda

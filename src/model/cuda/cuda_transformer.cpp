@@ -19,6 +19,7 @@
 namespace shardlm {
 
 using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
 using cuda::DeviceMatrix;
 
 namespace {
@@ -41,10 +42,16 @@ struct CudaTransformer::Impl {
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
-  DeviceBuffer x, h, q, k, v, attn, gate_up, act, partial, tables, offsets, positions, logits, splits, counters, head_x, best;
+  DeviceBuffer h, q, k, v, attn, gate_up, act, partial, logits, splits, counters, head_x, best;
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions;
-  std::vector<uint64_t> host_keys;
+  // A step's inputs in one buffer, so that one copy from pinned memory moves them: x [n][hidden]
+  // floats, then positions [n], table offsets [n] and the block tables (ints). For a given n every
+  // address is fixed, as a captured graph needs. The head's rows and argmax keys also cross in
+  // pinned memory.
+  DeviceBuffer step_in;
+  PinnedBuffer staging, head_staging;
+  int64_t cache_blocks = 0;  // the most block ids one step's tables can hold
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
   // captured once per (tokens, attention splits) and valid while the buffers it names stay put.
@@ -62,20 +69,20 @@ struct CudaTransformer::Impl {
   }
   // Scratch for `tokens` rows (grown here, not mid-step, so captured graphs stay valid).
   void reserve_scratch(int64_t tokens, int64_t hidden, int64_t q_dim, int64_t kv_dim) {
-    for (DeviceBuffer* b : {&x, &h, &partial}) b->grow(size_t(tokens * hidden) * 4);
+    for (DeviceBuffer* b : {&h, &partial}) b->grow(size_t(tokens * hidden) * 4);
+    step_in.grow(size_t(tokens * hidden + 2 * tokens + cache_blocks) * 4);
     for (DeviceBuffer* b : {&q, &attn}) b->grow(size_t(tokens * q_dim) * 4);
     for (DeviceBuffer* b : {&k, &v}) b->grow(size_t(tokens * kv_dim) * 4);
     gate_up.grow(size_t(tokens * 2 * ffn) * 4);
     act.grow(size_t(tokens * ffn) * 4);
-    for (DeviceBuffer* b : {&offsets, &positions}) b->grow(size_t(tokens) * 4);
     if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, 2 * ffn}));
   }
   // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first.
   template <class F>
   void replay(std::pair<int64_t, int64_t> key, F&& enqueue) {
-    const std::vector<const void*> buffers{x.get(),    h.get(),      q.get(),         k.get(),
-                                           v.get(),    attn.get(),   gate_up.get(),   act.get(),
-                                           tables.get(), offsets.get(), positions.get(), splits.get(), counters.get(),
+    const std::vector<const void*> buffers{step_in.get(), h.get(),      q.get(),   k.get(),      v.get(),
+                                           attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(),
+                                           widened.get(),
                                            gemm ? gemm->scratch().first : nullptr,
                                            gemm ? gemm->scratch().second : nullptr};
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
@@ -153,13 +160,23 @@ struct CudaTransformer::Impl {
     return {m.dtype, static_cast<const uint8_t*>(m.data) + begin * dtype_bytes(m.dtype, m.cols), count, m.cols};
   }
 
-  // y (+)= x W^T: many rows on the tensor cores, a decode step's few by streaming W (and every
-  // product of f16 or quantized weights: cuBLAS takes them only once dequantized, a next step).
+  // y (+)= x W^T: many rows on the tensor cores, a decode step's few by streaming W. Quantized
+  // weights (which cuBLAS does not take) are first widened to f16 scratch, from kWidenRows rows on:
+  // the streaming kernel reads W once per 8 rows of x, the widening once.
+  static constexpr int64_t kWidenRows = 16;
+  DeviceBuffer widened;  // the largest layer matrix in f16, when some are quantized
+  static bool cublas_dtype(DType t) { return t == DType::BF16 || t == DType::F16 || t == DType::F32; }
   bool on_tensor_cores(const DeviceMatrix& w, int64_t n) const {
-    return gemm && (w.dtype == DType::BF16 || w.dtype == DType::F32) && n >= cuda::TensorCoreGemm::kMinRows;
+    return gemm && (cublas_dtype(w.dtype) ? n >= cuda::TensorCoreGemm::kMinRows : n >= kWidenRows && widened.bytes());
+  }
+  // w as the tensor cores take it: widened into scratch when it is quantized.
+  DeviceMatrix for_tensor_cores(const DeviceMatrix& w) {
+    if (cublas_dtype(w.dtype)) return w;
+    cuda::widen_to_f16(w, widened.get<uint16_t>(), stream);
+    return {DType::F16, widened.get(), w.rows, w.cols};
   }
   void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate) {
-    if (on_tensor_cores(w, n)) gemm->run(x_rows, n, w, y, accumulate);
+    if (on_tensor_cores(w, n)) gemm->run(x_rows, n, for_tensor_cores(w), y, accumulate);
     else cuda::matmul(x_rows, n, w, y, accumulate, stream);
   }
   // The product's input: x normalized into h.
@@ -172,9 +189,10 @@ struct CudaTransformer::Impl {
                    float* v_out) {
     const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
     if (on_tensor_cores(L.qkv, n)) {
-      gemm->run(in, n, L.q, q_out, false);
-      gemm->run(in, n, L.k, k_out, false);
-      gemm->run(in, n, L.v, v_out, false);
+      const DeviceMatrix qkv = for_tensor_cores(L.qkv);
+      gemm->run(in, n, rows_of(qkv, 0, L.q.rows), q_out, false);
+      gemm->run(in, n, rows_of(qkv, L.q.rows, L.k.rows), k_out, false);
+      gemm->run(in, n, rows_of(qkv, L.q.rows + L.k.rows, L.v.rows), v_out, false);
       return;
     }
     const cuda::MatmulPart parts[] = {{q_out, L.q.rows}, {k_out, L.k.rows}, {v_out, L.v.rows}};
@@ -185,7 +203,7 @@ struct CudaTransformer::Impl {
   void mlp_activation(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act) {
     const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
     if (on_tensor_cores(L.gate_up, n)) {
-      gemm->run(in, n, L.gate_up, gate_up.get<float>(), false);
+      gemm->run(in, n, for_tensor_cores(L.gate_up), gate_up.get<float>(), false);
       cuda::swiglu_pairs(gate_up.get<float>(), act, n, L.gate_up.rows, stream);
       return;
     }
@@ -229,6 +247,11 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
   std::string why;
   d.gemm = cuda::TensorCoreGemm::create(d.stream, &why);
   if (!d.gemm) log_info("rank {}: prefill without tensor cores: {}", rank, why);
+  int64_t widest = 0;  // elements of the largest quantized layer matrix
+  for (const DeviceLayer& L : d.layers)
+    for (const DeviceMatrix* m : {&L.qkv, &L.o, &L.gate_up, &L.down})
+      if (!Impl::cublas_dtype(m->dtype)) widest = std::max(widest, m->rows * m->cols);
+  if (d.gemm && widest) d.widened.grow(size_t(widest) * 2);
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
 }
 
@@ -244,7 +267,7 @@ KvCache CudaTransformer::make_cache(int64_t blocks) {
   d.drop_graphs();
   d.k_pools.clear();
   d.v_pools.clear();
-  d.tables.grow(size_t(blocks) * 4);  // every block in one step's tables at most
+  d.cache_blocks = blocks;  // every block in one step's tables at most
   const ModelConfig& c = config();
   d.reserve_scratch(cuda::TensorCoreGemm::kMinAttentionRows, c.hidden_size, d.n_heads * c.head_dim, d.n_kv_heads * c.head_dim);
   for (size_t l = 0; l < w_.layers.size(); ++l) {
@@ -287,11 +310,17 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   }
   const int64_t max_pos = *std::max_element(d.host_positions.begin(), d.host_positions.end());
   d.reserve_scratch(n, H, q_dim, kv_dim);
-  d.upload(d.tables, d.host_tables.data(), d.host_tables.size());
-  d.upload(d.offsets, d.host_offsets.data(), d.host_offsets.size());
-  d.upload(d.positions, d.host_positions.data(), d.host_positions.size());
-  d.upload(d.x, x, size_t(n * H));
-  float* dx = d.x.get<float>();
+  const size_t x_bytes = size_t(n * H) * 4, in_bytes = x_bytes + (2 * size_t(n) + d.host_tables.size()) * 4;
+  d.staging.grow(in_bytes);
+  std::copy_n(x, n * H, d.staging.get<float>());
+  int32_t* ints = reinterpret_cast<int32_t*>(d.staging.get<uint8_t>() + x_bytes);
+  std::copy(d.host_positions.begin(), d.host_positions.end(), ints);
+  std::copy(d.host_offsets.begin(), d.host_offsets.end(), ints + n);
+  std::copy(d.host_tables.begin(), d.host_tables.end(), ints + 2 * n);
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.step_in.get(), d.staging.get(), in_bytes, cudaMemcpyHostToDevice, s));
+  float* dx = d.step_in.get<float>();
+  const int32_t* pos = reinterpret_cast<const int32_t*>(dx + n * H);
+  const int32_t *offsets = pos + n, *tables = offsets + n;
 
   // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
   // the device all-reduce when there is one, else through the host.
@@ -333,8 +362,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     SHARDLM_CUDA_CHECK(cudaMemsetAsync(d.counters.get(), 0, d.counters.bytes(), s));
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
     if (!long_segment) {
-      cuda::attention(q_rows, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>(),
-                      d.positions.get<int32_t>(), n, splits, shape, d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
+      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
       return;
     }
     int64_t t = 0;
@@ -342,18 +370,16 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
       const Segment& seg = segments[i];
       if (seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows) {
         const int32_t table = d.host_offsets[size_t(t)];  // where this segment's block ids start
-        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>() + table, seg.start, seg.n_tokens,
+        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, tables + table, seg.start, seg.n_tokens,
                           shape, out + t * q_dim);
       } else {
-        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, d.tables.get<int32_t>(), d.offsets.get<int32_t>() + t,
-                        d.positions.get<int32_t>() + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
+        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
                         d.counters.get<int32_t>(), out + t * q_dim, s);
       }
       t += seg.n_tokens;
     }
   };
   float *q = d.q.get<float>(), *k = d.k.get<float>(), *v = d.v.get<float>();
-  const int32_t *tables = d.tables.get<int32_t>(), *offsets = d.offsets.get<int32_t>(), *pos = d.positions.get<int32_t>();
   auto enqueue_layers = [&] {
     for (size_t l = 0; l < d.layers.size(); ++l) {
       const DeviceLayer& L = d.layers[l];
@@ -375,8 +401,9 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits}, enqueue_layers);
   else enqueue_layers();
   if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(x, dx, size_t(n * H) * 4, cudaMemcpyDeviceToHost, s));
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.staging.get(), dx, x_bytes, cudaMemcpyDeviceToHost, s));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::copy_n(d.staging.get<float>(), n * H, x);
 }
 
 // Final norm and lm_head of the given rows on the device; logits stay there (d.logits).
@@ -384,9 +411,9 @@ void CudaTransformer::head_on_device(const float* x, std::span<const int64_t> ro
   Impl& d = *impl_;
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, m = int64_t(rows.size()), V = local_vocab();
-  d.host_partial.resize(size_t(m * H));
-  for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * H, H, d.host_partial.data() + i * H);
-  d.upload(d.head_x, d.host_partial.data(), size_t(m * H));
+  d.head_staging.grow(size_t(m * H) * 4);
+  for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * H, H, d.head_staging.get<float>() + i * H);
+  d.upload(d.head_x, d.head_staging.get<float>(), size_t(m * H));
   cuda::rmsnorm(d.head_x.get<float>(), d.final_norm.get<float>(), d.head_x.get<float>(), m, H, float(c.rms_norm_eps),
                 d.stream);
   d.logits.grow(size_t(m * V) * 4);
@@ -410,10 +437,11 @@ void CudaTransformer::head_argmax(const float* x, std::span<const int64_t> rows,
   const int64_t m = int64_t(rows.size());
   d.best.grow(size_t(m) * 8);
   cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<uint64_t>(), d.stream);
-  d.host_keys.resize(size_t(m));
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.host_keys.data(), d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
+  d.head_staging.grow(size_t(m) * 8);  // the rows' upload is done: head_on_device's product waited for it
+  uint64_t* keys = d.head_staging.get<uint64_t>();
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(keys, d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
-  for (int64_t i = 0; i < m; ++i) cuda::decode_argmax_key(d.host_keys[size_t(i)], values + i, ids + i);
+  for (int64_t i = 0; i < m; ++i) cuda::decode_argmax_key(keys[i], values + i, ids + i);
 }
 
 }  // namespace shardlm
