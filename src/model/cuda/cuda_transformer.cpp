@@ -26,7 +26,8 @@ namespace {
 
 struct DeviceLayer {
   DeviceBuffer attn_norm, mlp_norm, q_norm, k_norm;
-  DeviceMatrix qkv, q, k, v;  // q, k and v: views of the rows of qkv
+  DeviceMatrix qkv;  // q's rows, then k's, then v's
+  int64_t q_rows = 0, k_rows = 0, v_rows = 0;
   DeviceMatrix o, gate_up, down;  // gate_up: gate and up rows interleaved, (gate j, up j) pairs
 };
 
@@ -138,16 +139,16 @@ struct CudaTransformer::Impl {
     const int64_t row_bytes = dtype_bytes(dtype, first.cols);
     const int64_t pitch = interleave ? row_bytes * int64_t(group.size()) : row_bytes;
     DeviceBuffer& b = weights.emplace_back(size_t(row_bytes * rows));
-    std::vector<float> widened;
+    std::vector<float> as_f32;
     int64_t offset = 0;  // bytes to this matrix's first row
     for (const WeightMatrix* m : group) {
       const uint8_t* src = m->data;
       int64_t src_pitch = m->row_stride;
       if (mixed) {
-        widened.resize(size_t(m->rows * m->cols));
+        as_f32.resize(size_t(m->rows * m->cols));
         for (int64_t r = 0; r < m->rows; ++r)
-          to_f32(m->dtype, m->data + r * m->row_stride, widened.data() + r * m->cols, m->cols);
-        src = reinterpret_cast<const uint8_t*>(widened.data()), src_pitch = row_bytes;
+          to_f32(m->dtype, m->data + r * m->row_stride, as_f32.data() + r * m->cols, m->cols);
+        src = reinterpret_cast<const uint8_t*>(as_f32.data()), src_pitch = row_bytes;
       }
       SHARDLM_CUDA_CHECK(cudaMemcpy2D(b.get<uint8_t>() + offset, size_t(pitch), src, size_t(src_pitch),
                                       size_t(row_bytes), size_t(m->rows), cudaMemcpyHostToDevice));
@@ -190,12 +191,12 @@ struct CudaTransformer::Impl {
     const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
     if (on_tensor_cores(L.qkv, n)) {
       const DeviceMatrix qkv = for_tensor_cores(L.qkv);
-      gemm->run(in, n, rows_of(qkv, 0, L.q.rows), q_out, false);
-      gemm->run(in, n, rows_of(qkv, L.q.rows, L.k.rows), k_out, false);
-      gemm->run(in, n, rows_of(qkv, L.q.rows + L.k.rows, L.v.rows), v_out, false);
+      gemm->run(in, n, rows_of(qkv, 0, L.q_rows), q_out, false);
+      gemm->run(in, n, rows_of(qkv, L.q_rows, L.k_rows), k_out, false);
+      gemm->run(in, n, rows_of(qkv, L.q_rows + L.k_rows, L.v_rows), v_out, false);
       return;
     }
-    const cuda::MatmulPart parts[] = {{q_out, L.q.rows}, {k_out, L.k.rows}, {v_out, L.v.rows}};
+    const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
     cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream);
   }
   // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
@@ -230,9 +231,7 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
     D.q_norm = d.upload_vector(L.q_norm);
     D.k_norm = d.upload_vector(L.k_norm);
     D.qkv = d.upload_group({&L.q, &L.k, &L.v}, /*interleave=*/false);
-    D.q = Impl::rows_of(D.qkv, 0, L.q.rows);
-    D.k = Impl::rows_of(D.qkv, L.q.rows, L.k.rows);
-    D.v = Impl::rows_of(D.qkv, L.q.rows + L.k.rows, L.v.rows);
+    D.q_rows = L.q.rows, D.k_rows = L.k.rows, D.v_rows = L.v.rows;
     D.o = d.upload_matrix(L.o);
     D.gate_up = d.upload_group({&L.gate, &L.up}, /*interleave=*/true);
     D.down = d.upload_matrix(L.down);
