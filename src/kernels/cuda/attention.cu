@@ -140,67 +140,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
   }
 }
 
-// Keys and values of positions [0, length) of one sequence, from its paged blocks into contiguous
-// [kv head][length][head_dim] (the tensor-core prefill's operands). One thread per float.
-__global__ void gather_kv_kernel(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length,
-                                 KvShape shape, float* k_out, float* v_out) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t D = shape.head_dim, total = shape.n_kv_heads * length * D;
-  if (i >= total) return;
-  const int64_t d = i % D, p = (i / D) % length, h = i / (D * length);
-  const int64_t at = ((int64_t(table[p / shape.block_size]) * shape.n_kv_heads + h) * shape.block_size +
-                      p % shape.block_size) * D + d;
-  k_out[i] = k_pool[at];
-  v_out[i] = v_pool[at];
-}
-
-// Causal softmax of score rows in place: row r of head h (rows [heads][rows][length]) is query
-// position first_pos + r and keeps keys 0..first_pos + r; later keys get probability 0.
-__global__ void causal_softmax_kernel(float* scores, int64_t rows, int64_t length, int64_t first_pos) {
-  const int64_t r = blockIdx.x % rows;
-  float* row = scores + int64_t(blockIdx.x) * length;
-  const int64_t last = min(length - 1, first_pos + r);
-  __shared__ float scratch[32];
-  auto reduce = [&](float v, bool is_max) {
-    for (int o = 16; o > 0; o /= 2) {
-      const float other = __shfl_xor_sync(0xffffffffu, v, o);
-      v = is_max ? fmaxf(v, other) : v + other;
-    }
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    float total = scratch[0];
-    for (int w = 1; w < int(blockDim.x / 32); ++w) total = is_max ? fmaxf(total, scratch[w]) : total + scratch[w];
-    __syncthreads();
-    return total;
-  };
-  float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) m = fmaxf(m, row[j]);
-  m = reduce(m, true);
-  float sum = 0;
-  for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
-    const float e = expf(row[j] - m);
-    row[j] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / reduce(sum, false);
-  for (int64_t j = threadIdx.x; j < length; j += blockDim.x) row[j] = j <= last ? row[j] * inv : 0.0f;
-}
-
 }  // namespace
-
-void gather_kv(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length, KvShape shape,
-               float* k_out, float* v_out, Stream s) {
-  const int64_t total = shape.n_kv_heads * length * shape.head_dim;
-  if (total == 0) return;
-  gather_kv_kernel<<<detail::blocks_for(total, 256), 256, 0, s>>>(k_pool, v_pool, table, length, shape, k_out, v_out);
-  detail::check_launch("gather_kv");
-}
-
-void causal_softmax(float* scores, int64_t heads, int64_t rows, int64_t length, int64_t first_pos, Stream s) {
-  if (heads * rows == 0) return;
-  causal_softmax_kernel<<<unsigned(heads * rows), 256, 0, s>>>(scores, rows, length, first_pos);
-  detail::check_launch("causal_softmax");
-}
 
 int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
   // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about

@@ -115,13 +115,18 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
                float* partial, int32_t* counters, float* out, Stream s);
 
-// The pieces of tensor-core attention for a long prompt (tensor_core_gemm.h): keys and values of
-// positions [0, length) of one sequence gathered to contiguous [kv head][length][head_dim], and a
-// causal softmax in place over score rows [heads][rows][length] whose row r is position
-// first_pos + r (keys past it get 0).
-void gather_kv(const float* k_pool, const float* v_pool, const int32_t* table, int64_t length, KvShape shape,
-               float* k_out, float* v_out, Stream s);
-void causal_softmax(float* scores, int64_t heads, int64_t rows, int64_t length, int64_t first_pos, Stream s);
+// Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out as
+// above) over its keys and values 0..start+n-1 in the paged pools (`table`: its block ids), on the
+// tensor cores (flash attention: bf16 q, k, v and probabilities, f32 accumulation, relative error
+// a few 1e-3 against the f32 kernel above). The keys and values are gathered into k_scratch and
+// v_scratch first: n_kv_heads x (start + n) x head_dim bf16 each. head_dim: 64 or 128.
+bool flash_attention_supports(int64_t head_dim);
+void flash_attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* table, int64_t start,
+                     int64_t n, const AttentionShape& shape, uint16_t* k_scratch, uint16_t* v_scratch, float* out,
+                     Stream s);
+// A segment of this many query tokens (a prompt's chunk) takes flash_attention; shorter ones (a
+// decode step's) batch into one launch of the paged kernel.
+constexpr int64_t kFlashAttentionRows = 64;
 
 }  // namespace shardlm::cuda
 

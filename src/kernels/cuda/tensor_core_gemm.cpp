@@ -19,18 +19,12 @@ using GemmEx = cublasStatus_t(cublasHandle_t, cublasOperation_t, cublasOperation
                               const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
                               cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 
-using GemmStridedBatchedEx = cublasStatus_t(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
-                                            const void*, const void*, cudaDataType, int, long long, const void*,
-                                            cudaDataType, int, long long, const void*, void*, cudaDataType, int,
-                                            long long, int, cublasComputeType_t, cublasGemmAlgo_t);
-
 // The few cuBLAS entry points used, resolved once per process.
 struct Cublas {
   decltype(&cublasCreate_v2) create = nullptr;
   decltype(&cublasDestroy_v2) destroy = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   GemmEx* gemm = nullptr;
-  GemmStridedBatchedEx* gemm_batched = nullptr;
   std::string why;
 };
 
@@ -48,7 +42,6 @@ const Cublas& cublas() {
       lib.resolve(a.destroy, "cublasDestroy_v2");
       lib.resolve(a.set_stream, "cublasSetStream_v2");
       lib.resolve(a.gemm, "cublasGemmEx");
-      lib.resolve(a.gemm_batched, "cublasGemmStridedBatchedEx");
     } catch (const Error& e) {
       a.create = nullptr;
       a.why = e.what();
@@ -118,53 +111,6 @@ void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
   if (precise) add_halves(y, out, M * w.rows, accumulate, stream_);
-}
-
-void TensorCoreGemm::attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* table,
-                               int64_t start, int64_t n, const AttentionShape& shape, float* out) {
-  if (n == 0 || shape.n_heads == 0) return;
-  const int64_t D = shape.kv.head_dim, H = shape.n_heads, length = start + n, row_floats = H * D;
-  k_rows_.grow(size_t(shape.kv.n_kv_heads * length * D) * 4);
-  v_rows_.grow(size_t(shape.kv.n_kv_heads * length * D) * 4);
-  gather_kv(k_pool, v_pool, table, length, shape.kv, k_rows_.get<float>(), v_rows_.get<float>(), stream_);
-  // Query rows in blocks whose scores [heads][rows][keys] fit kScoreBytes.
-  const int64_t block = std::max<int64_t>(1, std::min(n, kScoreBytes / 4 / (H * length)));
-  scores_.grow(size_t(H * block * length) * 4);
-  const float scale = 1.0f / std::sqrt(float(D)), one = 1.0f, zero = 0.0f;
-  const auto& api = cublas();
-  const auto handle = static_cast<cublasHandle_t>(handle_);
-  float* S = scores_.get<float>();
-  // Local query heads h0.. that read the same kv head: that kv head and how many heads read it.
-  auto group_at = [&](int64_t h0) {
-    return std::pair{(shape.head_offset + h0) / shape.group - shape.kv_head_offset,
-                     std::min(H - h0, shape.group - (shape.head_offset + h0) % shape.group)};
-  };
-  for (int64_t r0 = 0; r0 < n; r0 += block) {
-    const int64_t rows = std::min(block, n - r0), keys = start + r0 + rows;  // later keys are all masked
-    // Each kv head's query heads as one batch: S_h [rows][keys] = Q_h K_g^T (column-major: K_g^T' Q_h^T).
-    for (int64_t h0 = 0; h0 < H;) {
-      const auto [g, heads] = group_at(h0);
-      const float* K = k_rows_.get<float>() + g * length * D;
-      check(api.gemm_batched(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(keys), int(rows), int(D), &scale, K, CUDA_R_32F,
-                             int(D), 0, q + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, &zero,
-                             S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, int(heads),
-                             CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
-            "cublasGemmStridedBatchedEx (scores)");
-      h0 += heads;
-    }
-    causal_softmax(S, H, rows, keys, start + r0, stream_);
-    // O_h [rows][D] = P_h [rows][keys] V_g [keys][D], written into out's [token][head][D] rows.
-    for (int64_t h0 = 0; h0 < H;) {
-      const auto [g, heads] = group_at(h0);
-      const float* V = v_rows_.get<float>() + g * length * D;
-      check(api.gemm_batched(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(D), int(rows), int(keys), &one, V, CUDA_R_32F,
-                             int(D), 0, S + h0 * rows * keys, CUDA_R_32F, int(keys), rows * keys, &zero,
-                             out + r0 * row_floats + h0 * D, CUDA_R_32F, int(row_floats), D, int(heads),
-                             CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT),
-            "cublasGemmStridedBatchedEx (values)");
-      h0 += heads;
-    }
-  }
 }
 
 double TensorCoreGemm::measure_bf16_flops(int device, std::string* why) {

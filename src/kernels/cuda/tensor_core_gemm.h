@@ -22,10 +22,6 @@ class TensorCoreGemm {
   // them as fast and the streaming kernel would slow down, reading x from L1 for every 8 weights
   // of every row.
   static constexpr int64_t kMinRows = 3;
-  // Attention takes the tensor cores for a segment of this many query tokens (a prompt's chunk);
-  // shorter ones, batched together, cost less on the paged kernel than launches per head group.
-  static constexpr int64_t kMinAttentionRows = 256;
-
   // y [M][rows] (+)= x [M][cols] W^T, as cuda::matmul; f32 accumulation. bf16 (f16) weights take
   // x in bf16 (f16), the tensor cores' input: below kPreciseRows rows (decode batches, short
   // chunks, where the product is bound by reading W) as two parts hi + lo stacked into one product
@@ -41,15 +37,6 @@ class TensorCoreGemm {
   // That scratch's addresses (a captured graph names them).
   std::pair<const void*, const void*> scratch() const { return {x_half_.get(), halves_.get()}; }
 
-  // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out
-  // [n][heads][head_dim], as cuda::attention) over its keys and values 0..start+n-1 in the paged
-  // pools (`table`: its block ids, device memory): the keys and values are gathered contiguous,
-  // then scores = Q K^T, a causal softmax and P V, the products on the tensor cores in TF32
-  // (relative error about 1e-3 against the f32 kernel). Scores take at most kScoreBytes of scratch.
-  void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* table, int64_t start,
-                 int64_t n, const AttentionShape& shape, float* out);
-  static constexpr int64_t kScoreBytes = int64_t(512) << 20;
-
   // The ceiling of prefill: bf16 FLOP/s of an 8192^3 product on `device` through this path (bf16
   // in, f32 out), the median of 5 timed products after a warm-up. 0 with `why` set without cuBLAS.
   static double measure_bf16_flops(int device, std::string* why);
@@ -58,7 +45,7 @@ class TensorCoreGemm {
   TensorCoreGemm() = default;
   void* handle_ = nullptr;  // cublasHandle_t
   Stream stream_ = nullptr;
-  DeviceBuffer x_half_, halves_, k_rows_, v_rows_, scores_;
+  DeviceBuffer x_half_, halves_;
 };
 
 }  // namespace shardlm::cuda

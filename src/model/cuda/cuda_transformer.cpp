@@ -44,6 +44,7 @@ struct CudaTransformer::Impl {
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
   DeviceBuffer h, q, k, v, attn, gate_up, act, partial, logits, splits, counters, head_x, best;
+  DeviceBuffer flash_k, flash_v;  // a long segment's keys and values in bf16 (flash_attention)
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions;
   // A step's inputs in one buffer, so that one copy from pinned memory moves them: x [n][hidden]
@@ -268,7 +269,7 @@ KvCache CudaTransformer::make_cache(int64_t blocks) {
   d.v_pools.clear();
   d.cache_blocks = blocks;  // every block in one step's tables at most
   const ModelConfig& c = config();
-  d.reserve_scratch(cuda::TensorCoreGemm::kMinAttentionRows, c.hidden_size, d.n_heads * c.head_dim, d.n_kv_heads * c.head_dim);
+  d.reserve_scratch(cuda::kFlashAttentionRows, c.hidden_size, d.n_heads * c.head_dim, d.n_kv_heads * c.head_dim);
   for (size_t l = 0; l < w_.layers.size(); ++l) {
     d.k_pools.emplace_back(layer_bytes);
     d.v_pools.emplace_back(layer_bytes);
@@ -296,10 +297,15 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   // Where each token's keys and values go: its position and its sequence's block table.
   const int64_t n = reserve_segments(c, segments, cache);
   d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
-  bool long_segment = false;  // one that takes the tensor cores' attention
+  // A segment that takes flash attention (a prompt's chunk): its keys and values in bf16 scratch.
+  const bool flash = cuda::flash_attention_supports(D);
+  bool long_segment = false;
   for (const Segment& seg : segments) {
     const int32_t offset = int32_t(d.host_tables.size());
-    long_segment |= d.gemm && seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows;
+    if (flash && seg.n_tokens >= cuda::kFlashAttentionRows) {
+      long_segment = true;
+      for (DeviceBuffer* b : {&d.flash_k, &d.flash_v}) b->grow(size_t((seg.start + seg.n_tokens) * kv_dim) * 2);
+    }
     const std::vector<int32_t>& blocks = cache.blocks(seg.slot);
     d.host_tables.insert(d.host_tables.end(), blocks.begin(), blocks.end());
     for (int64_t i = 0; i < seg.n_tokens; ++i) {
@@ -346,7 +352,7 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const cuda::AttentionShape shape{d.n_heads, c.num_heads / c.num_kv_heads, w_.slice.head_begin, w_.slice.kv_head_begin,
                                    kv_shape};
   // Attention: a step of short segments (decode) in one launch of the paged kernel; with a long one
-  // (prefill), each long segment on the tensor cores and each short one on the kernel.
+  // (prefill), each long segment by flash attention and each short one on the paged kernel.
   const int64_t splits = cuda::attention_splits(n, max_pos, shape);
   std::vector<int64_t> segment_splits;  // with a long segment: each short one's own split
   int64_t partial_floats = cuda::attention_partial_floats(n, splits, shape);
@@ -367,10 +373,10 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
     int64_t t = 0;
     for (size_t i = 0; i < segments.size(); ++i) {
       const Segment& seg = segments[i];
-      if (seg.n_tokens >= cuda::TensorCoreGemm::kMinAttentionRows) {
+      if (flash && seg.n_tokens >= cuda::kFlashAttentionRows) {
         const int32_t table = d.host_offsets[size_t(t)];  // where this segment's block ids start
-        d.gemm->attention(q_rows + t * q_dim, k_pool, v_pool, tables + table, seg.start, seg.n_tokens,
-                          shape, out + t * q_dim);
+        cuda::flash_attention(q_rows + t * q_dim, k_pool, v_pool, tables + table, seg.start, seg.n_tokens, shape,
+                              d.flash_k.get<uint16_t>(), d.flash_v.get<uint16_t>(), out + t * q_dim, s);
       } else {
         cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
                         d.counters.get<int32_t>(), out + t * q_dim, s);
@@ -394,8 +400,8 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
       project_and_add(L.down, d.act.get<float>());
     }
   };
-  // Decode steps (and short chunks) as graphs: not the tensor cores' attention (its launches per
-  // head group and its scratch vary with the context), nor tensor-parallel sums (the host's cannot
+  // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
+  // the context), nor tensor-parallel sums (the host's cannot
   // be captured; NCCL's can, a next step).
   if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits}, enqueue_layers);
   else enqueue_layers();
