@@ -18,6 +18,13 @@ struct Segment {
   int64_t n_tokens = 0;
 };
 
+// Rows of x that a caller reads after run_layers: every row (a stage that hands x on), or only
+// `rows` (the last stage's sampled ones: a GPU then copies back just those).
+struct RowsRead {
+  bool all = true;
+  std::span<const int64_t> rows;
+};
+
 // Checks each segment's positions against the model and reserves them in the cache (shared by
 // every ForwardPass::run_layers); returns the total tokens. Throws Error naming the positions.
 int64_t reserve_segments(const ModelConfig& config, std::span<const Segment> segments, KvCache& cache);
@@ -56,11 +63,13 @@ class ForwardPass {
   // Logits this rank computes: lm_head rows vocab_begin..vocab_end.
   virtual int64_t local_vocab() const = 0;
 
-  // Token ids -> hidden states x [n][hidden] (first stage).
-  virtual void embed(const int32_t* tokens, int64_t n, float* x) const = 0;
-  // Runs this rank's layers on x [total tokens][hidden] in place. The segments' tokens are the
-  // rows of x in order; their keys/values go into the cache (reserved here, growing each sequence).
-  virtual void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) = 0;
+  // Runs this rank's layers on x [total tokens][hidden] in place. The first stage passes the step's
+  // token ids, whose embeddings are the input (x's contents are ignored; a GPU embeds on the
+  // device, so ids cross to it instead of x); later stages pass null and x as received. The
+  // segments' tokens are the rows of x in order; their keys/values go into the cache (reserved
+  // here, growing each sequence). On return the rows of `read` hold the output; others may not.
+  virtual void run_layers(const int32_t* ids, float* x, std::span<const Segment> segments, KvCache& cache,
+                          RowsRead read) = 0;
   // Final norm and lm_head on the given rows of x: logits [rows][local_vocab()].
   virtual void head(const float* x, std::span<const int64_t> rows, float* logits) = 0;
   // Greedy decoding's part of head(): each row's largest logit and its local id (the lowest id of

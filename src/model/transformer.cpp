@@ -108,8 +108,10 @@ int64_t reserve_segments(const ModelConfig& c, std::span<const Segment> segments
   return n;
 }
 
-void Transformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+void Transformer::run_layers(const int32_t* ids, float* x, std::span<const Segment> segments, KvCache& cache,
+                             RowsRead) {
   const int64_t n = reserve_segments(config(), segments, cache);
+  if (ids) embed(ids, n, x);
   reserve(n);
   int64_t t = 0;
   attention_segments_.clear();
@@ -137,10 +139,9 @@ void Transformer::head(const float* x, std::span<const int64_t> rows, float* log
 
 void Transformer::forward(const int32_t* tokens, int64_t n, int64_t start, KvCache& cache, float* logits) {
   std::vector<float> x(size_t(n * config().hidden_size));
-  embed(tokens, n, x.data());
   const Segment seg{0, start, n};
-  run_layers(x.data(), std::span<const Segment>(&seg, 1), cache);
   const int64_t last = n - 1;
+  run_layers(tokens, x.data(), std::span<const Segment>(&seg, 1), cache, RowsRead{false, {&last, 1}});
   head(x.data(), std::span<const int64_t>(&last, 1), logits);
 }
 

@@ -27,8 +27,10 @@ class Transformer : public ForwardPass {
   int64_t cache_block_bytes() const override;
   KvCache make_cache(int64_t blocks) override;
   int64_t local_vocab() const override { return w_.slice.vocab_end - w_.slice.vocab_begin; }
-  void embed(const int32_t* tokens, int64_t n, float* x) const override;
-  void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) override;
+  // Token ids -> hidden states x [n][hidden].
+  void embed(const int32_t* tokens, int64_t n, float* x) const;
+  void run_layers(const int32_t* ids, float* x, std::span<const Segment> segments, KvCache& cache,
+                  RowsRead read) override;
   void head(const float* x, std::span<const int64_t> rows, float* logits) override;
 
   // One sequence in slot 0 on a rank holding the whole model: logits of the last of the n tokens.

@@ -152,14 +152,17 @@ ModelWeights load_weights(const ModelFiles& files, ModelSlice s) {
   return w;
 }
 
+void check_token_ids(const ModelConfig& config, const int32_t* tokens, int64_t n) {
+  for (int64_t t = 0; t < n; ++t)
+    SHARDLM_CHECK(tokens[t] >= 0 && tokens[t] < config.vocab_size, "token id {} is outside the vocabulary (size {})",
+                  tokens[t], config.vocab_size);
+}
+
 void embed_tokens(const ModelWeights& w, const int32_t* tokens, int64_t n, float* x) {
+  check_token_ids(w.config, tokens, n);
   const TensorView& e = w.embedding;
   const int64_t H = w.config.hidden_size;
-  for (int64_t t = 0; t < n; ++t) {
-    SHARDLM_CHECK(tokens[t] >= 0 && tokens[t] < w.config.vocab_size, "token id {} is outside the vocabulary (size {})",
-                  tokens[t], w.config.vocab_size);
-    to_f32(e.dtype, e.row(tokens[t]), x + t * H, H);
-  }
+  for (int64_t t = 0; t < n; ++t) to_f32(e.dtype, e.row(tokens[t]), x + t * H, H);
 }
 
 void prefault_weights(const ModelWeights& w, int threads) {

@@ -50,6 +50,8 @@ struct ModelWeights {
 // Throws Error naming the tensor.
 ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {});
 
+// Throws Error naming the first token id outside the vocabulary.
+void check_token_ids(const ModelConfig& config, const int32_t* tokens, int64_t n);
 // Token ids -> hidden states x [n][hidden] (f32) from the embedding; throws Error on an id
 // outside the vocabulary.
 void embed_tokens(const ModelWeights& w, const int32_t* tokens, int64_t n, float* x);

@@ -192,9 +192,10 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
     if (s.sample) rows_.push_back(n - 1);
   }
   x_.resize(size_t(n * H));
-  if (stage_ == 0) transformer_->embed(ids, n, x_.data());
-  else timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
-  transformer_->run_layers(x_.data(), segments_, *cache_);
+  if (stage_ != 0) timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
+  // A stage that hands x on reads all of it; the last one only its sampled rows.
+  const RowsRead read = stage_ < last_stage_ ? RowsRead{} : RowsRead{false, rows_};
+  transformer_->run_layers(stage_ == 0 ? ids : nullptr, x_.data(), segments_, *cache_, read);
   if (stage_ < last_stage_) {
     timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
     if (!rows_.empty() && plan_.holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});

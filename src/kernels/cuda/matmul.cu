@@ -45,6 +45,11 @@ struct Bf16Row {
     return lo(w.x) * a.x + hi(w.x) * a.y + lo(w.y) * a.z + hi(w.y) * a.w + lo(w.z) * b.x + hi(w.z) * b.y +
            lo(w.w) * b.z + hi(w.w) * b.w;
   }
+  __device__ static void widen(const Raw& w, float (&v)[8]) {
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[2 * i] = __uint_as_float(words[i] << 16), v[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
 };
 struct F16Row {
   using Raw = uint4;
@@ -128,6 +133,9 @@ struct F32Row {
   __device__ static float dot(const Raw& w, const float4& a, const float4& b) {
     return w.a.x * a.x + w.a.y * a.y + w.a.z * a.z + w.a.w * a.w + w.b.x * b.x + w.b.y * b.y + w.b.z * b.z +
            w.b.w * b.w;
+  }
+  __device__ static void widen(const Raw& w, float (&v)[8]) {
+    v[0] = w.a.x, v[1] = w.a.y, v[2] = w.a.z, v[3] = w.a.w, v[4] = w.b.x, v[5] = w.b.y, v[6] = w.b.z, v[7] = w.b.w;
   }
 };
 
@@ -271,6 +279,19 @@ __global__ void to_f16_kernel(const void* weights, int64_t rows, int64_t K, int6
   out[i] = make_uint4(pair(0), pair(1), pair(2), pair(3));
 }
 
+// One thread per 8 values of x: row ids[t] of the table widened to f32, as the kernels above read it.
+template <class W>
+__global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, const int32_t* ids, int64_t n,
+                             float4* x) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, per_row = K / kLaneElements;
+  if (i >= n * per_row) return;
+  const int64_t t = i / per_row, k = i % per_row * kLaneElements;
+  float v[8];
+  W::widen(W::load(static_cast<const uint8_t*>(table) + ids[t] * row_bytes, k), v);
+  x[2 * i] = make_float4(v[0], v[1], v[2], v[3]);
+  x[2 * i + 1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 template <class W>
 void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, Stream s) {
   // Loads per batch: two batches in flight take 2U registers' worth of raw weights.
@@ -359,6 +380,34 @@ void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {
       detail::fail_with("CUDA widen_to_f16: only q8_0 and q4_0 matrices are widened");
   }
   detail::check_launch("widen_to_f16");
+}
+
+void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s) {
+  const int64_t count = n * (table.cols / kLaneElements);
+  if (count == 0) return;
+  if (table.cols % kLaneElements != 0) detail::fail_with("CUDA embed: the hidden size is not a multiple of 8");
+  const unsigned blocks = detail::blocks_for(count, 256);
+  const int64_t row_bytes = dtype_bytes(table.dtype, table.cols);
+  float4* out = reinterpret_cast<float4*>(x);
+  const auto run = [&](auto kernel) { kernel<<<blocks, 256, 0, s>>>(table.data, row_bytes, table.cols, ids, n, out); };
+  switch (table.dtype) {
+    case DType::BF16:
+      run(embed_kernel<Bf16Row>);
+      break;
+    case DType::F32:
+      run(embed_kernel<F32Row>);
+      break;
+    case DType::F16:
+      run(embed_kernel<F16Row>);
+      break;
+    case DType::Q8_0:
+      run(embed_kernel<Q8Row>);
+      break;
+    case DType::Q4_0:
+      run(embed_kernel<Q4Row>);
+      break;
+  }
+  detail::check_launch("embed");
 }
 
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s) {

@@ -67,6 +67,9 @@ struct MatmulOutput {
   bool accumulate = false, swiglu = false;
 };
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s);
+// x [n][table.cols] = rows ids[0..n) of `table` (the embedding) widened to f32 as matmul reads
+// them. The ids must be rows of the table: the caller checks them.
+void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s);
 // A q8_0 or q4_0 matrix widened to f32 as matmul does, then rounded to f16 (within 2^-12): out
 // [rows][cols] (a long chunk's product of such weights then runs on the tensor cores).
 void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s);

@@ -38,7 +38,7 @@ struct CudaTransformer::Impl {
   std::vector<DeviceBuffer> weights;  // every matrix's memory
   std::vector<DeviceLayer> layers;
   DeviceBuffer final_norm, inv_freq;
-  DeviceMatrix lm_head;
+  DeviceMatrix lm_head, embedding;  // the embedding on the first stage: lm_head's memory when tied
   std::vector<DeviceBuffer> k_pools, v_pools;  // per layer
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
@@ -48,8 +48,9 @@ struct CudaTransformer::Impl {
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions;
   // A step's inputs in one buffer, so that one copy from pinned memory moves them: x [n][hidden]
-  // floats, then positions [n], table offsets [n] and the block tables (ints). For a given n every
-  // address is fixed, as a captured graph needs. The head's rows and argmax keys also cross in
+  // floats (the first stage embeds its token ids there instead), then positions [n], table offsets
+  // [n], token ids [n] and the block tables (ints). For a given n every address is fixed, as a
+  // captured graph needs. The head's rows and argmax keys also cross in
   // pinned memory.
   DeviceBuffer step_in;
   PinnedBuffer staging, head_staging;
@@ -72,7 +73,7 @@ struct CudaTransformer::Impl {
   // Scratch for `tokens` rows (grown here, not mid-step, so captured graphs stay valid).
   void reserve_scratch(int64_t tokens, int64_t hidden, int64_t q_dim, int64_t kv_dim) {
     for (DeviceBuffer* b : {&h, &partial}) b->grow(size_t(tokens * hidden) * 4);
-    step_in.grow(size_t(tokens * hidden + 2 * tokens + cache_blocks) * 4);
+    step_in.grow(size_t(tokens * hidden + 3 * tokens + cache_blocks) * 4);
     for (DeviceBuffer* b : {&q, &attn}) b->grow(size_t(tokens * q_dim) * 4);
     for (DeviceBuffer* b : {&k, &v}) b->grow(size_t(tokens * kv_dim) * 4);
     gate_up.grow(size_t(tokens * 2 * ffn) * 4);
@@ -241,6 +242,12 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
     d.final_norm = d.upload_vector(w.final_norm);
     d.lm_head = d.upload_matrix(w.lm_head);
   }
+  if (w.slice.embedding) {
+    const TensorView& e = w.embedding;
+    const bool tied = w.lm_head.data == e.bytes() && w.lm_head.rows == e.rows() && w.lm_head.dtype == e.dtype;
+    const WeightMatrix table{e.dtype, e.bytes(), e.rows(), e.cols(), dtype_bytes(e.dtype, e.cols())};
+    d.embedding = tied && d.lm_head.data ? d.lm_head : d.upload_matrix(table);
+  }
   d.inv_freq = d.upload_vector(rope_inverse_frequencies(w.config));
   const char* graphs = std::getenv("SHARDLM_CUDA_GRAPHS");  // 0: launch every kernel (to compare)
   d.use_graphs = !(graphs && std::string(graphs) == "0");
@@ -286,9 +293,8 @@ int64_t CudaTransformer::device_bytes() const {
   return total;
 }
 
-void CudaTransformer::embed(const int32_t* tokens, int64_t n, float* x) const { embed_tokens(w_, tokens, n, x); }
-
-void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, KvCache& cache) {
+void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const Segment> segments, KvCache& cache,
+                                 RowsRead read) {
   Impl& d = *impl_;
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, D = c.head_dim, q_dim = d.n_heads * D, kv_dim = d.n_kv_heads * D;
@@ -296,6 +302,10 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   const cudaStream_t s = d.stream;
   // Where each token's keys and values go: its position and its sequence's block table.
   const int64_t n = reserve_segments(c, segments, cache);
+  if (ids) {
+    SHARDLM_CHECK(d.embedding.data, "internal: token ids for a rank without the embedding");
+    check_token_ids(c, ids, n);  // the device reads the rows they name
+  }
   d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
   // A segment that takes flash attention (a prompt's chunk): its keys and values in bf16 scratch.
   const bool flash = cuda::flash_attention_supports(D);
@@ -315,17 +325,21 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   }
   const int64_t max_pos = *std::max_element(d.host_positions.begin(), d.host_positions.end());
   d.reserve_scratch(n, H, q_dim, kv_dim);
-  const size_t x_bytes = size_t(n * H) * 4, in_bytes = x_bytes + (2 * size_t(n) + d.host_tables.size()) * 4;
+  const size_t x_bytes = size_t(n * H) * 4, in_bytes = x_bytes + (3 * size_t(n) + d.host_tables.size()) * 4;
   d.staging.grow(in_bytes);
-  std::copy_n(x, n * H, d.staging.get<float>());
+  if (!ids) std::copy_n(x, n * H, d.staging.get<float>());
   int32_t* ints = reinterpret_cast<int32_t*>(d.staging.get<uint8_t>() + x_bytes);
   std::copy(d.host_positions.begin(), d.host_positions.end(), ints);
   std::copy(d.host_offsets.begin(), d.host_offsets.end(), ints + n);
-  std::copy(d.host_tables.begin(), d.host_tables.end(), ints + 2 * n);
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.step_in.get(), d.staging.get(), in_bytes, cudaMemcpyHostToDevice, s));
+  if (ids) std::copy_n(ids, n, ints + 2 * n);
+  std::copy(d.host_tables.begin(), d.host_tables.end(), ints + 3 * n);
+  const size_t skip = ids ? x_bytes : 0;  // x is made on the device from the ids
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.step_in.get<uint8_t>() + skip, d.staging.get<uint8_t>() + skip, in_bytes - skip,
+                                     cudaMemcpyHostToDevice, s));
   float* dx = d.step_in.get<float>();
   const int32_t* pos = reinterpret_cast<const int32_t*>(dx + n * H);
-  const int32_t *offsets = pos + n, *tables = offsets + n;
+  const int32_t *offsets = pos + n, *tables = offsets + 2 * n;
+  if (ids) cuda::embed(d.embedding, offsets + n, n, dx, s);
 
   // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
   // the device all-reduce when there is one, else through the host.
@@ -406,9 +420,18 @@ void CudaTransformer::run_layers(float* x, std::span<const Segment> segments, Kv
   if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits}, enqueue_layers);
   else enqueue_layers();
   if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.staging.get(), dx, x_bytes, cudaMemcpyDeviceToHost, s));
+  // Back to the host: the rows read, from the first to the last of them in one copy.
+  int64_t first = 0, last = n - 1;
+  if (!read.all) {
+    first = n, last = -1;
+    for (int64_t r : read.rows) first = std::min(first, r), last = std::max(last, r);
+    SHARDLM_CHECK(first >= 0 && last < n, "internal: rows read outside the step's {} tokens", n);
+  }
+  const size_t row_bytes = size_t(H) * 4, bytes = last >= first ? size_t(last - first + 1) * row_bytes : 0;
+  if (bytes)
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.staging.get(), dx + first * H, bytes, cudaMemcpyDeviceToHost, s));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
-  std::copy_n(d.staging.get<float>(), n * H, x);
+  std::copy_n(d.staging.get<float>(), bytes / 4, x + first * H);
 }
 
 // Final norm and lm_head of the given rows on the device; logits stay there (d.logits).

@@ -1,7 +1,8 @@
 // The forward pass of model/transformer.h on one NVIDIA GPU: the rank's weights are copied to the
 // device once, in their own dtype (f32, bf16, f16, q8_0, q4_0), the KV cache lives on the device
 // under the same block ids as the host bookkeeping, and each call moves only the activations
-// across PCIe. Tensor-parallel partial sums stay on the device with a DeviceAllReduce (NCCL), or
+// across PCIe: on the first stage not even those, but token ids (the embedding is on the device,
+// shared with a tied lm_head), and back only the rows the caller reads. Tensor-parallel partial sums stay on the device with a DeviceAllReduce (NCCL), or
 // go through the host all-reduce of the runtime without one. Prefill's products run on the tensor
 // cores (cuBLAS) where it can be loaded.
 #pragma once
@@ -26,8 +27,8 @@ class CudaTransformer : public ForwardPass {
   int64_t cache_block_bytes() const override;
   KvCache make_cache(int64_t blocks) override;
   int64_t local_vocab() const override { return w_.slice.vocab_end - w_.slice.vocab_begin; }
-  void embed(const int32_t* tokens, int64_t n, float* x) const override;
-  void run_layers(float* x, std::span<const Segment> segments, KvCache& cache) override;
+  void run_layers(const int32_t* ids, float* x, std::span<const Segment> segments, KvCache& cache,
+                  RowsRead read) override;
   void head(const float* x, std::span<const int64_t> rows, float* logits) override;
   void head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) override;
 
