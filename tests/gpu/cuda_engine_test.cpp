@@ -79,7 +79,7 @@ TEST(Cuda, OneGpuMatchesTheCpu) {
 // matmul): the CPU's tokens, and logits within 1e-4 (both widen each weight exactly to f32; only
 // the order of the sums differs). A long prompt's products run on the tensor cores (f16 as it is,
 // q8_0 and q4_0 widened to f16, x rounded to f16): the CPU's tokens, logits within the issue's
-// bf16 tolerance (measured: 5e-4 to 1e-3).
+// bf16 tolerance (measured: 2.7e-3 to 3.0e-3, most of it flash attention's bf16).
 TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string hf = test::test_model(test::parse_make_model_flags("--arch llama --preset small --dtype f32"));
@@ -94,7 +94,7 @@ TEST(Cuda, F16AndQuantizedWeightsMatchTheCpu) {
     std::printf("%s weights: GPU vs CPU max relative logit error %.3g\n", dtype.c_str(), err_logits);
     EXPECT_LT(err_logits, 1e-4) << dtype;
     // 8 tokens: random weights make near-ties, where the prefill's 16-bit rounding (logits within
-    // 1e-3) may move a later switch between repeated tokens by a step (q4_0 did at token 20).
+    // 3e-3) may move a later switch between repeated tokens by a step (q4_0 did at token 20).
     GenerateRequest r = long_request();
     r.max_new_tokens = 8;
     const GenerateResult cpu_long = run_engine(gguf, "cpu", r), gpu_long = run_engine(gguf, "cuda", r);

@@ -138,14 +138,26 @@ __global__ void rope_and_store_kernel(RopeStep p) {
   }
 }
 
-__global__ void swiglu_pairs_kernel(const float* y, float* out, int64_t n, int64_t half) {
+// Output i is silu(y[2i]) * y[2i + 1] whatever the row (rows of pairs are back to back); a thread
+// takes two: one 16-byte load. Out: float, or detail::Bf16Bits / F16Bits to write the 16-bit input
+// of the next tensor-core product directly.
+template <class Out>
+__device__ __forceinline__ void store_as(float* out, int64_t i, float v) { out[i] = v; }
+template <class Out>
+__device__ __forceinline__ void store_as(uint16_t* out, int64_t i, float v) { out[i] = Out::round(v); }
+
+template <class Out, class T>
+__global__ void swiglu_pairs_kernel(const float* y, T* out, int64_t n) {
   detail::let_next_start();
   detail::wait_for_previous();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) {
-    const int64_t t = i / half, j = i % half;
-    const float gate = y[t * 2 * half + 2 * j], up = y[t * 2 * half + 2 * j + 1];
-    out[i] = gate / (1.0f + expf(-gate)) * up;
+  const int64_t i = 2 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
+  auto silu_times = [](float gate, float up) { return gate / (1.0f + expf(-gate)) * up; };
+  if (i + 1 < n) {
+    const float4 v = *reinterpret_cast<const float4*>(y + 2 * i);
+    store_as<Out>(out, i, silu_times(v.x, v.y));
+    store_as<Out>(out, i + 1, silu_times(v.z, v.w));
+  } else if (i < n) {
+    store_as<Out>(out, i, silu_times(y[2 * i], y[2 * i + 1]));
   }
 }
 
@@ -157,10 +169,17 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
 }
 
 
+// Four floats a thread (one 16-byte load).
 template <class Half>
 __global__ void to_half_kernel(const float* x, uint16_t* y, int64_t n) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) y[i] = Half::round(x[i]);
+  const int64_t i = 4 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
+  if (i + 3 < n) {
+    const float4 v = *reinterpret_cast<const float4*>(x + i);
+    *reinterpret_cast<uint2*>(y + i) = make_uint2(uint32_t(Half::round(v.x)) | uint32_t(Half::round(v.y)) << 16,
+                                                  uint32_t(Half::round(v.z)) | uint32_t(Half::round(v.w)) << 16);
+  } else {
+    for (int64_t j = i; j < n; ++j) y[j] = Half::round(x[j]);
+  }
 }
 
 // The key of ops.h's argmax_rows: ordered value bits, then ~index.
@@ -238,8 +257,18 @@ void rope_and_store(const RopeStep& step, int64_t n_tokens, Stream s) {
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s) {
   const int64_t total = n * (cols / 2);
   if (total == 0) return;
-  detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel, detail::blocks_for(total, kThreads), kThreads, s, y, out,
-                             total, cols / 2);
+  detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<float, float>, detail::blocks_for(total, 2 * kThreads),
+                             kThreads, s, y, out, total);
+}
+
+void swiglu_pairs(const float* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s) {
+  const int64_t total = n * (cols / 2);
+  if (total == 0) return;
+  const unsigned blocks = detail::blocks_for(total, 2 * kThreads);
+  if (half == DType::F16)
+    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<detail::F16Bits, uint16_t>, blocks, kThreads, s, y, out, total);
+  else
+    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<detail::Bf16Bits, uint16_t>, blocks, kThreads, s, y, out, total);
 }
 
 void add(float* x, const float* y, int64_t n, Stream s) {
@@ -249,7 +278,7 @@ void add(float* x, const float* y, int64_t n, Stream s) {
 
 void to_half(const float* x, uint16_t* y, int64_t n, DType half, Stream s) {
   if (n == 0) return;
-  const unsigned blocks = detail::blocks_for(n, kThreads);
+  const unsigned blocks = detail::blocks_for(n, 4 * kThreads);
   if (half == DType::F16) to_half_kernel<detail::F16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
   else to_half_kernel<detail::Bf16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
   detail::check_launch("to_half");

@@ -76,6 +76,8 @@ void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s);
 // out [n][cols / 2] = silu(gate) * up of rows of (gate, up) pairs, y [n][cols] (a tensor-core
 // product of a gate|up interleaved matrix).
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s);
+// The same, rounded to `half` (BF16 or F16): the next tensor-core product's input, made directly.
+void swiglu_pairs(const float* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s);
 
 // Paged KV cache of one layer: block b of the K pool and of the V pool is
 // [local kv head][block_size][head_dim] floats. Token t of a step sits at position pos[t] of its

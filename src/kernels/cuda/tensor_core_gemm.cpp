@@ -85,32 +85,49 @@ void TensorCoreGemm::run(const float* x, int64_t M, const DeviceMatrix& w, float
   if (M == 0 || w.rows == 0) return;
   SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F16 || w.dtype == DType::F32,
                 "internal: tensor-core product of {} weights", dtype_name(w.dtype));
-  // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
-  const void* b = x;
-  cudaDataType_t type = CUDA_R_32F;
-  int64_t rows = M;
-  float* out = y;
-  const bool half = w.dtype != DType::F32, precise = half && M < kPreciseRows;
-  // The two parts' products go to scratch and are summed into y by add_halves.
-  const float alpha = 1.0f, beta = accumulate && !precise ? 1.0f : 0.0f;
-  if (half) {  // x in the weights' 16-bit type
-    type = w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
-    reserve(M, w.cols, w.rows);
-    uint16_t* parts = x_half_.get<uint16_t>();
-    b = parts;
-    if (precise) {
-      split_half(x, parts, parts + M * w.cols, M * w.cols, w.dtype, stream_);
-      rows = 2 * M;
-      out = halves_.get<float>();
-    } else {
-      to_half(x, parts, M * w.cols, w.dtype, stream_);
-    }
+  if (rounds_once(M, w.dtype)) {
+    run_half(round_input(x, M, w.cols, w.dtype), M, w, y, accumulate);
+    return;
   }
-  check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(rows), int(w.cols),
-                      &alpha, w.data, type, int(w.cols), b, type, int(w.cols), &beta, out, CUDA_R_32F, int(w.rows),
+  if (w.dtype == DType::F32) {
+    gemm(x, M, w, y, accumulate);
+    return;
+  }
+  // Two parts of x in the weights' 16-bit type, stacked: their products go to scratch and are
+  // summed into y by add_halves.
+  reserve(M, w.cols, w.rows);
+  uint16_t* parts = x_half_.get<uint16_t>();
+  split_half(x, parts, parts + M * w.cols, M * w.cols, w.dtype, stream_);
+  gemm(parts, 2 * M, w, halves_.get<float>(), false);
+  add_halves(y, halves_.get<float>(), M * w.rows, accumulate, stream_);
+}
+
+const uint16_t* TensorCoreGemm::round_input(const float* x, int64_t M, int64_t cols, DType half) {
+  uint16_t* out = input_scratch(M, cols);
+  to_half(x, out, M * cols, half, stream_);
+  return out;
+}
+
+uint16_t* TensorCoreGemm::input_scratch(int64_t M, int64_t cols) {
+  x_half_.grow(size_t(M * cols) * 2);
+  return x_half_.get<uint16_t>();
+}
+
+void TensorCoreGemm::run_half(const uint16_t* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
+  if (M == 0 || w.rows == 0) return;
+  SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F16, "internal: 16-bit input for {} weights",
+                dtype_name(w.dtype));
+  gemm(x, M, w, y, accumulate);
+}
+
+void TensorCoreGemm::gemm(const void* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
+  // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
+  const cudaDataType_t type = w.dtype == DType::F32 ? CUDA_R_32F : w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols),
+                      &alpha, w.data, type, int(w.cols), x, type, int(w.cols), &beta, y, CUDA_R_32F, int(w.rows),
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
-  if (precise) add_halves(y, out, M * w.rows, accumulate, stream_);
 }
 
 double TensorCoreGemm::measure_bf16_flops(int device, std::string* why) {

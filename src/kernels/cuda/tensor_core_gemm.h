@@ -31,6 +31,18 @@ class TensorCoreGemm {
   void run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
   static constexpr int64_t kPreciseRows = 64;
 
+  // Whether run() rounds x once to the weights' type (16-bit weights, M >= kPreciseRows): then
+  // products of several matrices with the same x can share one rounding (round_input), or a kernel
+  // can write the 16-bit x itself (into input_scratch), and run_half takes it. Both return this
+  // object's scratch: valid until the next call that fills it.
+  static bool rounds_once(int64_t M, DType dtype) {
+    return (dtype == DType::BF16 || dtype == DType::F16) && M >= kPreciseRows;
+  }
+  const uint16_t* round_input(const float* x, int64_t M, int64_t cols, DType half);
+  uint16_t* input_scratch(int64_t M, int64_t cols);
+  // y [M][rows] (+)= x W^T for x [M][cols] already in W's 16-bit type.
+  void run_half(const uint16_t* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
+
   // Grows run()'s scratch for products of up to M rows of x and matrices of up to `cols` columns
   // and `rows` rows: done before a CUDA graph capture, which must not allocate.
   void reserve(int64_t M, int64_t cols, int64_t rows);
@@ -43,6 +55,8 @@ class TensorCoreGemm {
 
  private:
   TensorCoreGemm() = default;
+  // cublasGemmEx: y (+)= x W^T with x in W's type (f32, bf16 or f16), f32 out and accumulation.
+  void gemm(const void* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
   void* handle_ = nullptr;  // cublasHandle_t
   Stream stream_ = nullptr;
   DeviceBuffer x_half_, halves_;

@@ -178,10 +178,15 @@ struct CudaTransformer::Impl {
     cuda::widen_to_f16(w, widened.get<uint16_t>(), stream);
     return {DType::F16, widened.get(), w.rows, w.cols};
   }
-  void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate) {
-    if (on_tensor_cores(w, n)) gemm->run(x_rows, n, for_tensor_cores(w), y, accumulate);
+  // x_half: x_rows already rounded for the tensor cores (mlp_activation's), or null.
+  void matmul(const float* x_rows, int64_t n, const DeviceMatrix& w, float* y, bool accumulate,
+              const uint16_t* x_half = nullptr) {
+    if (x_half) gemm->run_half(x_half, n, for_tensor_cores(w), y, accumulate);
+    else if (on_tensor_cores(w, n)) gemm->run(x_rows, n, for_tensor_cores(w), y, accumulate);
     else cuda::matmul(x_rows, n, w, y, accumulate, stream);
   }
+  // The 16-bit type the tensor cores take w in (quantized weights are widened to f16).
+  static DType tensor_core_dtype(const DeviceMatrix& w) { return cublas_dtype(w.dtype) ? w.dtype : DType::F16; }
   // The product's input: x normalized into h.
   const float* normed(const float* x_rows, int64_t n, const DeviceBuffer& norm, int64_t dim, float eps) {
     cuda::rmsnorm(x_rows, norm.get<float>(), h.get<float>(), n, dim, eps, stream);
@@ -191,27 +196,40 @@ struct CudaTransformer::Impl {
   void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* q_out, float* k_out,
                    float* v_out) {
     const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
-    if (on_tensor_cores(L.qkv, n)) {
+    if (on_tensor_cores(L.qkv, n)) {  // three products of one rounding of x
       const DeviceMatrix qkv = for_tensor_cores(L.qkv);
-      gemm->run(in, n, rows_of(qkv, 0, L.q_rows), q_out, false);
-      gemm->run(in, n, rows_of(qkv, L.q_rows, L.k_rows), k_out, false);
-      gemm->run(in, n, rows_of(qkv, L.q_rows + L.k_rows, L.v_rows), v_out, false);
+      const uint16_t* half = gemm->rounds_once(n, qkv.dtype) ? gemm->round_input(in, n, qkv.cols, qkv.dtype) : nullptr;
+      const std::pair<int64_t, float*> parts[] = {{0, q_out}, {L.q_rows, k_out}, {L.q_rows + L.k_rows, v_out}};
+      const int64_t rows[] = {L.q_rows, L.k_rows, L.v_rows};
+      for (int p = 0; p < 3; ++p) {
+        const DeviceMatrix part = rows_of(qkv, parts[p].first, rows[p]);
+        if (half) gemm->run_half(half, n, part, parts[p].second, false);
+        else gemm->run(in, n, part, parts[p].second, false);
+      }
       return;
     }
     const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
     cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream);
   }
   // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
-  // or after the tensor cores' product of the interleaved matrix (into gate_up).
-  void mlp_activation(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act) {
+  // or after the tensor cores' product of the interleaved matrix (into gate_up). Where the down
+  // product then rounds its input once, SwiGLU writes that 16-bit input instead, returned (else null).
+  const uint16_t* mlp_activation(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act) {
     const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
     if (on_tensor_cores(L.gate_up, n)) {
       gemm->run(in, n, for_tensor_cores(L.gate_up), gate_up.get<float>(), false);
+      const DType down = tensor_core_dtype(L.down);
+      if (on_tensor_cores(L.down, n) && gemm->rounds_once(n, down)) {
+        uint16_t* half = gemm->input_scratch(n, L.down.cols);
+        cuda::swiglu_pairs(gate_up.get<float>(), half, n, L.gate_up.rows, down, stream);
+        return half;
+      }
       cuda::swiglu_pairs(gate_up.get<float>(), act, n, L.gate_up.rows, stream);
-      return;
+      return nullptr;
     }
     const cuda::MatmulPart part{act, L.gate_up.rows / 2};
     cuda::matmul(in, n, L.gate_up, cuda::MatmulOutput{{&part, 1}, false, /*swiglu=*/true}, stream);
+    return nullptr;
   }
 };
 
@@ -343,12 +361,12 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
 
   // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
   // the device all-reduce when there is one, else through the host.
-  auto project_and_add = [&](const DeviceMatrix& m, const float* a) {
+  auto project_and_add = [&](const DeviceMatrix& m, const float* a, const uint16_t* a_half) {
     if (!w_.tensor_parallel) {
-      d.matmul(a, n, m, dx, /*accumulate=*/true);
+      d.matmul(a, n, m, dx, /*accumulate=*/true, a_half);
       return;
     }
-    d.matmul(a, n, m, d.partial.get<float>(), false);
+    d.matmul(a, n, m, d.partial.get<float>(), false, a_half);
     if (device_all_reduce_) {
       device_all_reduce_->sum(d.partial.get<float>(), n * H, s);
     } else {
@@ -408,10 +426,10 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
                           d.inv_freq.get<float>(), adjacent, k_pool, v_pool, tables, offsets, kv_shape};
       cuda::rope_and_store(step, n, s);
       attend(q, k_pool, v_pool, d.attn.get<float>());
-      project_and_add(L.o, d.attn.get<float>());
+      project_and_add(L.o, d.attn.get<float>(), nullptr);
 
-      d.mlp_activation(dx, n, L, eps, d.act.get<float>());
-      project_and_add(L.down, d.act.get<float>());
+      const uint16_t* act_half = d.mlp_activation(dx, n, L, eps, d.act.get<float>());
+      project_and_add(L.down, d.act.get<float>(), act_half);
     }
   };
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
