@@ -31,9 +31,9 @@ template <int kDims>  // head_dim / 32: dimensions per lane
 __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, const float* k_pool, const float* v_pool,
                                                               const int32_t* tables, const int32_t* table_offset,
                                                               const int32_t* pos, AttentionShape shape, float scale,
-                                                              float* out, float* partial, int32_t* done) {
+                                                              bool past_is_stored, float* out, float* partial,
+                                                              int32_t* done) {
   detail::let_next_start();
-  detail::wait_for_previous();
   constexpr int D = kDims * 32, U = kUnroll<kDims>;
   const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -45,19 +45,37 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
   const int64_t first = split * span, last = min(length, first + span) - 1;
   auto row_of = [&](int64_t p) { return ((int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs) * D + lane; };
 
+  float kr[U][kDims], vr[U][kDims];
+  auto load_row = [&](int64_t p, int u) {
+    const int64_t at = row_of(p);
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) kr[u][i] = k_pool[at + 32 * i], vr[u][i] = v_pool[at + 32 * i];
+  };
+  // The step's inputs (positions, block tables) were copied before its first kernel, and with
+  // past_is_stored the positions before each token's own were stored by earlier steps: the first
+  // round's rows of those are loaded while the kernel before (which stores this step's keys and
+  // values, and q) still runs.
+  const int64_t early_end = past_is_stored ? length - 1 : first, c0 = first + warp * U;
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (c0 + u <= last && c0 + u < early_end) load_row(c0 + u, u);
+  detail::wait_for_previous();
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (c0 + u <= last && c0 + u >= early_end) load_row(c0 + u, u);
   float qv[kDims], acc[kDims];
   const float* qh = q + (t * shape.n_heads + h) * D + lane;
 #pragma unroll
   for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i] * scale, acc[i] = 0;
   float m = -INFINITY, l = 0;
-  for (int64_t c = first + warp * U; c <= last; c += round) {
-    float kr[U][kDims], vr[U][kDims], s[U];
+  for (int64_t c = c0; c <= last; c += round) {
+    float s[U];
+    if (c != c0) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (c + u > last) break;
-      const int64_t at = row_of(c + u);
-#pragma unroll
-      for (int i = 0; i < kDims; ++i) kr[u][i] = k_pool[at + 32 * i], vr[u][i] = v_pool[at + 32 * i];
+      for (int u = 0; u < U; ++u) {
+        if (c + u > last) break;
+        load_row(c + u, u);
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -161,7 +179,7 @@ int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const Attenti
 
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               float* partial, int32_t* counters, float* out, Stream s) {
+               bool past_is_stored, float* partial, int32_t* counters, float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
   const int64_t D = shape.kv.head_dim;
   if (D % 32 != 0 || D > kMaxHeadDim) {
@@ -173,11 +191,11 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
   const float scale = 1.0f / std::sqrt(float(D));
   const dim3 grid(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits));
   using Kernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
-                          AttentionShape, float, float*, float*, int32_t*);
+                          AttentionShape, float, bool, float*, float*, int32_t*);
   constexpr Kernel kernels[] = {attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
                                 attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
   detail::launch_overlapping("attention", kernels[D / 32 - 1], grid, 32 * kWarps, s, q, k_pool, v_pool, tables,
-                             table_offset, pos, shape, scale, out, partial, counters);
+                             table_offset, pos, shape, scale, past_is_stored, out, partial, counters);
 }
 
 }  // namespace shardlm::cuda

@@ -116,9 +116,11 @@ struct AttentionShape {
 // from the longest position of the step (max_pos) so that the GPU is full.
 int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
 int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape);
+// past_is_stored: every token's earlier positions were stored by earlier steps (a decode step: one
+// token per sequence), so their first keys and values are read while the kernel before still runs.
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               float* partial, int32_t* counters, float* out, Stream s);
+               bool past_is_stored, float* partial, int32_t* counters, float* out, Stream s);
 
 // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out as
 // above) over its keys and values 0..start+n-1 in the paged pools (`table`: its block ids), on the

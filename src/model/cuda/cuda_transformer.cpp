@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -57,9 +58,11 @@ struct CudaTransformer::Impl {
   int64_t cache_blocks = 0;  // the most block ids one step's tables can hold
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
-  // captured once per (tokens, attention splits) and valid while the buffers it names stay put.
+  // captured once per (tokens, attention splits, one token per sequence) and valid while the
+  // buffers it names stay put.
   bool use_graphs = true;
-  std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs;
+  using GraphKey = std::tuple<int64_t, int64_t, bool>;
+  std::map<GraphKey, cudaGraphExec_t> graphs;
   std::vector<const void*> graph_buffers;
 
   ~Impl() {
@@ -82,7 +85,7 @@ struct CudaTransformer::Impl {
   }
   // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first.
   template <class F>
-  void replay(std::pair<int64_t, int64_t> key, F&& enqueue) {
+  void replay(GraphKey key, F&& enqueue) {
     const std::vector<const void*> buffers{step_in.get(), h.get(),      q.get(),   k.get(),      v.get(),
                                            attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(),
                                            widened.get(),
@@ -327,9 +330,10 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
   // A segment that takes flash attention (a prompt's chunk): its keys and values in bf16 scratch.
   const bool flash = cuda::flash_attention_supports(D);
-  bool long_segment = false;
+  bool long_segment = false, decode_step = true;  // decode: one token per sequence
   for (const Segment& seg : segments) {
     const int32_t offset = int32_t(d.host_tables.size());
+    decode_step &= seg.n_tokens == 1;
     if (flash && seg.n_tokens >= cuda::kFlashAttentionRows) {
       long_segment = true;
       for (DeviceBuffer* b : {&d.flash_k, &d.flash_v}) b->grow(size_t((seg.start + seg.n_tokens) * kv_dim) * 2);
@@ -399,7 +403,8 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     SHARDLM_CUDA_CHECK(cudaMemsetAsync(d.counters.get(), 0, d.counters.bytes(), s));
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
     if (!long_segment) {
-      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
+      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, decode_step, d.splits.get<float>(),
+                      d.counters.get<int32_t>(), out, s);
       return;
     }
     int64_t t = 0;
@@ -410,7 +415,8 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
         cuda::flash_attention(q_rows + t * q_dim, k_pool, v_pool, tables + table, seg.start, seg.n_tokens, shape,
                               d.flash_k.get<uint16_t>(), d.flash_v.get<uint16_t>(), out + t * q_dim, s);
       } else {
-        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i], shape, d.splits.get<float>(),
+        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i],
+                        shape, seg.n_tokens == 1, d.splits.get<float>(),
                         d.counters.get<int32_t>(), out + t * q_dim, s);
       }
       t += seg.n_tokens;
@@ -435,7 +441,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
   // the context), nor tensor-parallel sums (the host's cannot
   // be captured; NCCL's can, a next step).
-  if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits}, enqueue_layers);
+  if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits, decode_step}, enqueue_layers);
   else enqueue_layers();
   if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
   // Back to the host: the rows read, from the first to the last of them in one copy.
