@@ -90,14 +90,24 @@ __global__ void rope_and_store_kernel(RopeStep p) {
   const bool is_q = head < p.n_heads;
   const int64_t kv_head = head - p.n_heads;
   const float* norm = is_q ? p.q_norm : p.k_norm;
-  // The constants (this lane's frequencies and norm weights) while the kernel before finishes.
-  float freq[kPerLane / 2], weight[kPerLane], v[kPerLane];
+  // While the kernel before finishes, what does not depend on it: this lane's norm weights, the
+  // rotation's sines and cosines at the token's position, and where k and v go in the cache (the
+  // step's inputs were copied before its first kernel).
+  float sin[kPerLane / 2], cos[kPerLane / 2], weight[kPerLane], v[kPerLane];
+  const int64_t position = p.pos[t];
 #pragma unroll
-  for (int j = 0; j < kPerLane / 2; ++j) freq[j] = lane + 32 * j < half ? p.inv_freq[lane + 32 * j] : 0.0f;
+  for (int j = 0; j < kPerLane / 2; ++j) {
+    const float freq = lane + 32 * j < half ? p.inv_freq[lane + 32 * j] : 0.0f;
+    sincosf(float(position) * freq, &sin[j], &cos[j]);  // f32 product, as on the CPU
+  }
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) weight[j] = norm && lane + 32 * j < D ? norm[lane + 32 * j] : 1.0f;
+  int64_t at = 0;  // k's and v's row in the cache
+  if (!is_q) {
+    const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
+    at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
+  }
   detail::wait_for_previous();
-  const int64_t position = p.pos[t];
   const float* src = is_q ? p.q + (t * p.n_heads + head) * D : p.k + (t * kv_heads + kv_head) * D;
   float sum = 0;
 #pragma unroll
@@ -118,8 +128,6 @@ __global__ void rope_and_store_kernel(RopeStep p) {
   __syncwarp();  // every lane has read src (q is rotated in place) and written its part of row
   float* dst = p.q + (t * p.n_heads + head) * D;
   if (!is_q) {
-    const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
-    const int64_t at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
     dst = p.k_pool + at;
     const float* values = p.v + (t * kv_heads + kv_head) * D;
     for (int64_t d = lane; d < D; d += 32) p.v_pool[at + d] = values[d];
@@ -128,13 +136,10 @@ __global__ void rope_and_store_kernel(RopeStep p) {
   for (int j = 0; j < kPerLane / 2; ++j) {
     const int64_t i = lane + 32 * j;
     if (i >= half) break;
-    const float angle = float(position) * freq[j];  // f32 product, as on the CPU
-    float sin, cos;
-    sincosf(angle, &sin, &cos);
     const int64_t a = p.adjacent_pairs ? 2 * i : i, b = p.adjacent_pairs ? 2 * i + 1 : i + half;
     const float x0 = row[a], x1 = row[b];
-    dst[a] = x0 * cos - x1 * sin;
-    dst[b] = x1 * cos + x0 * sin;
+    dst[a] = x0 * cos[j] - x1 * sin[j];
+    dst[b] = x1 * cos[j] + x0 * sin[j];
   }
 }
 
