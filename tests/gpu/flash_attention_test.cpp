@@ -55,7 +55,7 @@ std::pair<double, double> max_difference(const Case& c) {
   cuda::flash_attention(dq.get<float>(), dk.get<float>(), dv.get<float>(), dtable.get<int32_t>(), c.start, c.n, shape,
                         k_half.get<uint16_t>(), v_half.get<uint16_t>(), flash_out.get<float>(), nullptr);
   cuda::attention(dq.get<float>(), dk.get<float>(), dv.get<float>(), dtable.get<int32_t>(), doff.get<int32_t>(),
-                  dpos.get<int32_t>(), c.n, /*splits=*/1, shape, /*past_is_stored=*/false, nullptr, counters.get<int32_t>(),
+                  dpos.get<int32_t>(), c.n, /*splits=*/1, shape, /*past_is_stored=*/false, /*rope=*/nullptr, nullptr, counters.get<int32_t>(),
                   paged_out.get<float>(), nullptr);
   std::vector<float> flash(q.size()), paged(q.size());
   EXPECT_EQ(cudaMemcpy(flash.data(), flash_out.get(), flash_out.bytes(), cudaMemcpyDeviceToHost), cudaSuccess);

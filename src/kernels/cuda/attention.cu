@@ -27,12 +27,42 @@ constexpr int kMaxHeadDim = 256;
 template <int kDims>
 constexpr int kUnroll = 32 / kDims < 2 ? 2 : 32 / kDims;
 
+// A decode step's RoPE done by the attention (ops.h): this lane's dimensions d = lane + 32 i of a
+// head, RMS-normalized by `norm` when given (Qwen3), then rotated with the sines and cosines of
+// their pairs, as rope_and_store_kernel computes them. Half-split pairs (d, d + D / 2) lie in one
+// lane (i and i + kDims / 2, kDims even); adjacent ones (d, d ^ 1) in neighbouring lanes.
+template <int kDims>
+__device__ __forceinline__ void normalize_and_rotate(float (&x)[kDims], const float* norm, float eps,
+                                                     const float (&sin)[kDims], const float (&cos)[kDims],
+                                                     bool adjacent) {
+  const int lane = threadIdx.x % 32;
+  if (norm) {
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) sum += x[i] * x[i];
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float scale = 1.0f / sqrtf(sum / float(32 * kDims) + eps);
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) x[i] = norm[lane + 32 * i] * (x[i] * scale);
+  }
+  float y[kDims];
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) {
+    const float partner = adjacent ? __shfl_xor_sync(0xffffffffu, x[i], 1) : x[(i + kDims / 2) % kDims];
+    const bool first = adjacent ? lane % 2 == 0 : i < kDims / 2;
+    y[i] = first ? x[i] * cos[i] - partner * sin[i] : x[i] * cos[i] + partner * sin[i];
+  }
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) x[i] = y[i];
+}
+
 template <int kDims>  // head_dim / 32: dimensions per lane
-__global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, const float* k_pool, const float* v_pool,
-                                                              const int32_t* tables, const int32_t* table_offset,
-                                                              const int32_t* pos, AttentionShape shape, float scale,
-                                                              bool past_is_stored, float* out, float* partial,
-                                                              int32_t* done) {
+__global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* q, const float* k_pool,
+                                                                 const float* v_pool, const int32_t* tables,
+                                                                 const int32_t* table_offset, const int32_t* pos,
+                                                                 AttentionShape shape, float scale,
+                                                                 bool past_is_stored, RopeStep rope, float* out,
+                                                                 float* partial, int32_t* done) {
   detail::let_next_start();
   constexpr int D = kDims * 32, U = kUnroll<kDims>;
   const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
@@ -45,8 +75,24 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
   const int64_t first = split * span, last = min(length, first + span) - 1;
   auto row_of = [&](int64_t p) { return ((int64_t(table[p / bs]) * n_kv + kv) * bs + p % bs) * D + lane; };
 
-  float kr[U][kDims], vr[U][kDims];
+  // With RoPE fused (a decode step): the rotation at the token's position, before the wait.
+  const bool fused = rope.inv_freq != nullptr;
+  float sin[kDims], cos[kDims];
+  if (fused) {
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) {
+      const int64_t d = lane + 32 * i, f = rope.adjacent_pairs ? d / 2 : d % (D / 2);
+      sincosf(float(length - 1) * rope.inv_freq[f], &sin[i], &cos[i]);  // f32 product, as on the CPU
+    }
+  }
+  // The token's own position: with RoPE fused, the warp whose rounds reach it takes its key and
+  // value from the products (kc, vc) instead of the cache, which it is not in yet.
+  const int64_t cur = length - 1;
+  const int64_t c0 = first + warp * U;
+  const bool has_current = fused && cur >= c0 && cur <= last && (cur - c0) % round < U;
+  float kr[U][kDims], vr[U][kDims], kc[kDims], vc[kDims];
   auto load_row = [&](int64_t p, int u) {
+    if (fused && p == cur) return;
     const int64_t at = row_of(p);
 #pragma unroll
     for (int i = 0; i < kDims; ++i) kr[u][i] = k_pool[at + 32 * i], vr[u][i] = v_pool[at + 32 * i];
@@ -55,7 +101,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
   // past_is_stored the positions before each token's own were stored by earlier steps: the first
   // round's rows of those are loaded while the kernel before (which stores this step's keys and
   // values, and q) still runs.
-  const int64_t early_end = past_is_stored ? length - 1 : first, c0 = first + warp * U;
+  const int64_t early_end = past_is_stored ? length - 1 : first;
 #pragma unroll
   for (int u = 0; u < U; ++u)
     if (c0 + u <= last && c0 + u < early_end) load_row(c0 + u, u);
@@ -63,10 +109,25 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
 #pragma unroll
   for (int u = 0; u < U; ++u)
     if (c0 + u <= last && c0 + u >= early_end) load_row(c0 + u, u);
+  if (has_current) {
+    const int64_t from = (t * n_kv + kv) * D + lane;
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) kc[i] = rope.k[from + 32 * i], vc[i] = rope.v[from + 32 * i];
+    normalize_and_rotate(kc, rope.k_norm, rope.eps, sin, cos, rope.adjacent_pairs);
+    // The first local query head of the kv head stores them: one block per token and kv head.
+    if (h == 0 || (shape.head_offset + h) % shape.group == 0) {
+      const int64_t at = row_of(cur);
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) rope.k_pool[at + 32 * i] = kc[i], rope.v_pool[at + 32 * i] = vc[i];
+    }
+  }
   float qv[kDims], acc[kDims];
   const float* qh = q + (t * shape.n_heads + h) * D + lane;
 #pragma unroll
-  for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i] * scale, acc[i] = 0;
+  for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i], acc[i] = 0;
+  if (fused) normalize_and_rotate(qv, rope.q_norm, rope.eps, sin, cos, rope.adjacent_pairs);
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) qv[i] *= scale;
   float m = -INFINITY, l = 0;
   for (int64_t c = c0; c <= last; c += round) {
     float s[U];
@@ -80,8 +141,9 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float dot = 0;
+      const bool current = has_current && c + u == cur;
 #pragma unroll
-      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? kr[u][i] : 0.0f);
+      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? (current ? kc[i] : kr[u][i]) : 0.0f);
       for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
       s[u] = c + u <= last ? dot : -INFINITY;
     }
@@ -97,8 +159,9 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
       if (c + u > last) break;
       const float p = expf(s[u] - m_new);
       l += p;
+      const bool current = has_current && c + u == cur;
 #pragma unroll
-      for (int i = 0; i < kDims; ++i) acc[i] += p * vr[u][i];
+      for (int i = 0; i < kDims; ++i) acc[i] += p * (current ? vc[i] : vr[u][i]);
     }
     m = m_new;
   }
@@ -160,6 +223,10 @@ __global__ void __launch_bounds__(32 * kWarps) attention_kernel(const float* q, 
 
 }  // namespace
 
+bool attention_can_rope(int64_t head_dim, bool adjacent_pairs) {
+  return head_dim % 32 == 0 && head_dim <= kMaxHeadDim && (adjacent_pairs || head_dim % 64 == 0);
+}
+
 int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
   // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
   // 1024 blocks, each over at least 64 positions (one round of its warps). A power of two, so that
@@ -179,8 +246,10 @@ int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const Attenti
 
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               bool past_is_stored, float* partial, int32_t* counters, float* out, Stream s) {
+               bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters, float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
+  if (rope && !(past_is_stored && attention_can_rope(shape.kv.head_dim, rope->adjacent_pairs)))
+    detail::fail_with("CUDA attention: RoPE fused into a step that is not a decode step, or of an odd head split");
   const int64_t D = shape.kv.head_dim;
   if (D % 32 != 0 || D > kMaxHeadDim) {
     char why[112];
@@ -191,11 +260,12 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
   const float scale = 1.0f / std::sqrt(float(D));
   const dim3 grid(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits));
   using Kernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
-                          AttentionShape, float, bool, float*, float*, int32_t*);
+                          AttentionShape, float, bool, RopeStep, float*, float*, int32_t*);
   constexpr Kernel kernels[] = {attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
                                 attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
   detail::launch_overlapping("attention", kernels[D / 32 - 1], grid, 32 * kWarps, s, q, k_pool, v_pool, tables,
-                             table_offset, pos, shape, scale, past_is_stored, out, partial, counters);
+                             table_offset, pos, shape, scale, past_is_stored, rope ? *rope : RopeStep{}, out, partial,
+                             counters);
 }
 
 }  // namespace shardlm::cuda

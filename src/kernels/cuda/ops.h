@@ -118,9 +118,15 @@ int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape
 int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape);
 // past_is_stored: every token's earlier positions were stored by earlier steps (a decode step: one
 // token per sequence), so their first keys and values are read while the kernel before still runs.
+// Such a step may also pass `rope` (what rope_and_store would take; its q, k and v as the products
+// left them, and pools and tables as above): the kernel then does that work itself, so the step
+// needs no RoPE launch. Each block rotates its own q head, the blocks that reach a token's own
+// position rotate its k, and one of them per kv head stores k and v in the cache (where
+// attention_can_rope: half-split pairs must lie in one lane).
+bool attention_can_rope(int64_t head_dim, bool adjacent_pairs);
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               bool past_is_stored, float* partial, int32_t* counters, float* out, Stream s);
+               bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters, float* out, Stream s);
 
 // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out as
 // above) over its keys and values 0..start+n-1 in the paged pools (`table`: its block ids), on the

@@ -401,9 +401,14 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   d.splits.grow(size_t(partial_floats) * 4 + 4);
   if (d.counters.grow(size_t(n * d.n_heads) * 4))  // they start at zero, and the attention leaves them so
     SHARDLM_CUDA_CHECK(cudaMemsetAsync(d.counters.get(), 0, d.counters.bytes(), s));
-  auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out) {
+  // A decode step's RoPE and KV store run inside the attention kernel (`rope`), else as a kernel of
+  // their own before it.
+  const bool rope_in_attention = decode_step && !long_segment && cuda::attention_can_rope(D, adjacent);
+  auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out,
+                    const cuda::RopeStep* rope) {
     if (!long_segment) {
-      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, decode_step, d.splits.get<float>(),
+      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, decode_step, rope,
+                      d.splits.get<float>(),
                       d.counters.get<int32_t>(), out, s);
       return;
     }
@@ -416,7 +421,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
                               d.flash_k.get<uint16_t>(), d.flash_v.get<uint16_t>(), out + t * q_dim, s);
       } else {
         cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i],
-                        shape, seg.n_tokens == 1, d.splits.get<float>(),
+                        shape, seg.n_tokens == 1, nullptr, d.splits.get<float>(),
                         d.counters.get<int32_t>(), out + t * q_dim, s);
       }
       t += seg.n_tokens;
@@ -430,8 +435,8 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
       float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
       cuda::RopeStep step{q, k, v, L.q_norm.get<float>(), L.k_norm.get<float>(), eps, d.n_heads, pos,
                           d.inv_freq.get<float>(), adjacent, k_pool, v_pool, tables, offsets, kv_shape};
-      cuda::rope_and_store(step, n, s);
-      attend(q, k_pool, v_pool, d.attn.get<float>());
+      if (!rope_in_attention) cuda::rope_and_store(step, n, s);
+      attend(q, k_pool, v_pool, d.attn.get<float>(), rope_in_attention ? &step : nullptr);
       project_and_add(L.o, d.attn.get<float>(), nullptr);
 
       const uint16_t* act_half = d.mlp_activation(dx, n, L, eps, d.act.get<float>());
