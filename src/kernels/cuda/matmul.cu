@@ -323,6 +323,23 @@ void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& ou
   else args(matmul_kernel<W, 8, 1>);
 }
 
+// Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
+template <class F>
+void with_row_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::BF16:
+      return f(Bf16Row{});
+    case DType::F32:
+      return f(F32Row{});
+    case DType::F16:
+      return f(F16Row{});
+    case DType::Q8_0:
+      return f(Q8Row{});
+    case DType::Q4_0:
+      return f(Q4Row{});
+  }
+}
+
 }  // namespace
 
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s) {
@@ -344,23 +361,7 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput
     std::snprintf(why, sizeof why, "CUDA matmul: outputs do not match the %lld rows of the matrix", (long long)w.rows);
     detail::fail_with(why);
   }
-  switch (w.dtype) {
-    case DType::BF16:
-      launch<Bf16Row>(x, M, w, e, s);
-      break;
-    case DType::F32:
-      launch<F32Row>(x, M, w, e, s);
-      break;
-    case DType::F16:
-      launch<F16Row>(x, M, w, e, s);
-      break;
-    case DType::Q8_0:
-      launch<Q8Row>(x, M, w, e, s);
-      break;
-    case DType::Q4_0:
-      launch<Q4Row>(x, M, w, e, s);
-      break;
-  }
+  with_row_type(w.dtype, [&](auto row) { launch<decltype(row)>(x, M, w, e, s); });
 }
 
 void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {
@@ -368,17 +369,11 @@ void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {
   if (n == 0) return;
   const unsigned blocks = detail::blocks_for(n, 256);
   const int64_t row_bytes = dtype_bytes(w.dtype, w.cols);
-  uint4* o = reinterpret_cast<uint4*>(out);
-  switch (w.dtype) {
-    case DType::Q8_0:
-      to_f16_kernel<Q8Row><<<blocks, 256, 0, s>>>(w.data, w.rows, w.cols, row_bytes, o);
-      break;
-    case DType::Q4_0:
-      to_f16_kernel<Q4Row><<<blocks, 256, 0, s>>>(w.data, w.rows, w.cols, row_bytes, o);
-      break;
-    default:
-      detail::fail_with("CUDA widen_to_f16: only q8_0 and q4_0 matrices are widened");
-  }
+  if (w.dtype != DType::Q8_0 && w.dtype != DType::Q4_0)
+    detail::fail_with("CUDA widen_to_f16: only q8_0 and q4_0 matrices are widened");
+  with_row_type(w.dtype, [&](auto row) {
+    to_f16_kernel<decltype(row)><<<blocks, 256, 0, s>>>(w.data, w.rows, w.cols, row_bytes, reinterpret_cast<uint4*>(out));
+  });
   detail::check_launch("widen_to_f16");
 }
 
@@ -388,25 +383,10 @@ void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, S
   if (table.cols % kLaneElements != 0) detail::fail_with("CUDA embed: the hidden size is not a multiple of 8");
   const unsigned blocks = detail::blocks_for(count, 256);
   const int64_t row_bytes = dtype_bytes(table.dtype, table.cols);
-  float4* out = reinterpret_cast<float4*>(x);
-  const auto run = [&](auto kernel) { kernel<<<blocks, 256, 0, s>>>(table.data, row_bytes, table.cols, ids, n, out); };
-  switch (table.dtype) {
-    case DType::BF16:
-      run(embed_kernel<Bf16Row>);
-      break;
-    case DType::F32:
-      run(embed_kernel<F32Row>);
-      break;
-    case DType::F16:
-      run(embed_kernel<F16Row>);
-      break;
-    case DType::Q8_0:
-      run(embed_kernel<Q8Row>);
-      break;
-    case DType::Q4_0:
-      run(embed_kernel<Q4Row>);
-      break;
-  }
+  with_row_type(table.dtype, [&](auto row) {
+    embed_kernel<decltype(row)><<<blocks, 256, 0, s>>>(table.data, row_bytes, table.cols, ids, n,
+                                                       reinterpret_cast<float4*>(x));
+  });
   detail::check_launch("embed");
 }
 
