@@ -138,12 +138,18 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
         load_row(c + u, u);
       }
     }
+    if (has_current && cur - c < U) {  // the token's own row, in its slot of this round
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (c + u == cur)
+#pragma unroll
+          for (int i = 0; i < kDims; ++i) kr[u][i] = kc[i], vr[u][i] = vc[i];
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float dot = 0;
-      const bool current = has_current && c + u == cur;
 #pragma unroll
-      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? (current ? kc[i] : kr[u][i]) : 0.0f);
+      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? kr[u][i] : 0.0f);
       for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
       s[u] = c + u <= last ? dot : -INFINITY;
     }
@@ -159,9 +165,8 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
       if (c + u > last) break;
       const float p = expf(s[u] - m_new);
       l += p;
-      const bool current = has_current && c + u == cur;
 #pragma unroll
-      for (int i = 0; i < kDims; ++i) acc[i] += p * (current ? vc[i] : vr[u][i]);
+      for (int i = 0; i < kDims; ++i) acc[i] += p * vr[u][i];
     }
     m = m_new;
   }
