@@ -4,7 +4,10 @@
 // coalesced), the warp sums the dot products with shuffles, and keeps its own online softmax; the
 // warps then merge theirs. With several splits (flash-decoding: a decode step has one token, so
 // splitting the context puts every SM to work) each block writes (max, sum, weighted values) and
-// the last block of a (token, head) to finish merges them: no second launch.
+// the last block of a (token, head) to finish merges them: no second launch. In a decode step
+// (one token per sequence) the first round's keys and values, stored by earlier steps, are loaded
+// before the wait for the kernel before, and the kernel also does that step's RoPE and KV store
+// (ops.h): the step needs no RoPE launch. Long prompt chunks take flash_attention.cu instead.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -1,5 +1,6 @@
 // The layer loop of model/transformer.cpp with kernels/cuda in place of kernels/cpu; read the two
-// side by side. Weights and the KV cache stay on the device; x crosses PCIe once per call.
+// side by side. Weights and the KV cache stay on the device; a call moves token ids (first stage)
+// or x in, and the rows its caller reads out.
 #include "model/cuda/cuda_transformer.h"
 
 #include <cuda_runtime_api.h>
