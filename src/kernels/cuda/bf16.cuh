@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace shardlm::cuda::detail {
 
 // Round to nearest even, as core/dtype's f32_to_bf16.
@@ -22,5 +24,11 @@ struct F16Bits {
   __device__ static uint16_t round(float v) { return __half_as_ushort(__float2half_rn(v)); }
   __device__ static float widen(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 };
+// Calls f with the bits type of `half` (F16: F16Bits, otherwise BF16: Bf16Bits).
+template <class F>
+void with_half_bits(DType half, F&& f) {
+  if (half == DType::F16) f(F16Bits{});
+  else f(Bf16Bits{});
+}
 
 }  // namespace shardlm::cuda::detail

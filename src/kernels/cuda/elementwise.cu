@@ -173,7 +173,6 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
   if (i < n) x[i] += y[i];
 }
 
-
 // Four floats a thread (one 16-byte load).
 template <class Half>
 __global__ void to_half_kernel(const float* x, uint16_t* y, int64_t n) {
@@ -222,7 +221,7 @@ __global__ void argmax_kernel(const float* logits, int64_t cols, unsigned long l
   }
 }
 
-// x = hi + lo with both bf16: hi = bf16(x), lo = bf16(x - hi) (together about 16 bits of mantissa).
+// x = hi + lo, both in Half: hi = Half(x), lo = Half(x - hi) (bf16: together about 16 bits of mantissa).
 template <class Half>
 __global__ void split_half_kernel(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -270,10 +269,10 @@ void swiglu_pairs(const float* y, uint16_t* out, int64_t n, int64_t cols, DType 
   const int64_t total = n * (cols / 2);
   if (total == 0) return;
   const unsigned blocks = detail::blocks_for(total, 2 * kThreads);
-  if (half == DType::F16)
-    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<detail::F16Bits, uint16_t>, blocks, kThreads, s, y, out, total);
-  else
-    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<detail::Bf16Bits, uint16_t>, blocks, kThreads, s, y, out, total);
+  detail::with_half_bits(half, [&](auto bits) {
+    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<decltype(bits), uint16_t>, blocks, kThreads, s, y,
+                               out, total);
+  });
 }
 
 void add(float* x, const float* y, int64_t n, Stream s) {
@@ -284,8 +283,7 @@ void add(float* x, const float* y, int64_t n, Stream s) {
 void to_half(const float* x, uint16_t* y, int64_t n, DType half, Stream s) {
   if (n == 0) return;
   const unsigned blocks = detail::blocks_for(n, 4 * kThreads);
-  if (half == DType::F16) to_half_kernel<detail::F16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
-  else to_half_kernel<detail::Bf16Bits><<<blocks, kThreads, 0, s>>>(x, y, n);
+  detail::with_half_bits(half, [&](auto bits) { to_half_kernel<decltype(bits)><<<blocks, kThreads, 0, s>>>(x, y, n); });
   detail::check_launch("to_half");
 }
 
@@ -301,8 +299,9 @@ void argmax_rows(const float* logits, int64_t rows, int64_t cols, uint64_t* keys
 void split_half(const float* x, uint16_t* hi, uint16_t* lo, int64_t n, DType half, Stream s) {
   if (n == 0) return;
   const unsigned blocks = detail::blocks_for(n, kThreads);
-  if (half == DType::F16) split_half_kernel<detail::F16Bits><<<blocks, kThreads, 0, s>>>(x, hi, lo, n);
-  else split_half_kernel<detail::Bf16Bits><<<blocks, kThreads, 0, s>>>(x, hi, lo, n);
+  detail::with_half_bits(half, [&](auto bits) {
+    split_half_kernel<decltype(bits)><<<blocks, kThreads, 0, s>>>(x, hi, lo, n);
+  });
   detail::check_launch("split_half");
 }
 

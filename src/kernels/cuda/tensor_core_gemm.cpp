@@ -2,12 +2,9 @@
 
 #include <cublas_v2.h>
 
-#include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "core/dtype.h"
-
 #include "core/shared_library.h"
 #include "kernels/cuda/launch.h"
 

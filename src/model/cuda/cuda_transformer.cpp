@@ -52,8 +52,7 @@ struct CudaTransformer::Impl {
   // A step's inputs in one buffer, so that one copy from pinned memory moves them: x [n][hidden]
   // floats (the first stage embeds its token ids there instead), then positions [n], table offsets
   // [n], token ids [n] and the block tables (ints). For a given n every address is fixed, as a
-  // captured graph needs. The head's rows and argmax keys also cross in
-  // pinned memory.
+  // captured graph needs. The head's rows and argmax keys also cross in pinned memory.
   DeviceBuffer step_in;
   PinnedBuffer staging, head_staging;
   int64_t cache_blocks = 0;  // the most block ids one step's tables can hold
@@ -200,19 +199,19 @@ struct CudaTransformer::Impl {
   void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* q_out, float* k_out,
                    float* v_out) {
     const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
+    const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
     if (on_tensor_cores(L.qkv, n)) {  // three products of one rounding of x
       const DeviceMatrix qkv = for_tensor_cores(L.qkv);
       const uint16_t* half = gemm->rounds_once(n, qkv.dtype) ? gemm->round_input(in, n, qkv.cols, qkv.dtype) : nullptr;
-      const std::pair<int64_t, float*> parts[] = {{0, q_out}, {L.q_rows, k_out}, {L.q_rows + L.k_rows, v_out}};
-      const int64_t rows[] = {L.q_rows, L.k_rows, L.v_rows};
-      for (int p = 0; p < 3; ++p) {
-        const DeviceMatrix part = rows_of(qkv, parts[p].first, rows[p]);
-        if (half) gemm->run_half(half, n, part, parts[p].second, false);
-        else gemm->run(in, n, part, parts[p].second, false);
+      int64_t begin = 0;
+      for (const cuda::MatmulPart& p : parts) {
+        const DeviceMatrix rows = rows_of(qkv, begin, p.rows);
+        if (half) gemm->run_half(half, n, rows, p.y, false);
+        else gemm->run(in, n, rows, p.y, false);
+        begin += p.rows;
       }
       return;
     }
-    const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
     cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream);
   }
   // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
@@ -404,13 +403,12 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     SHARDLM_CUDA_CHECK(cudaMemsetAsync(d.counters.get(), 0, d.counters.bytes(), s));
   // A decode step's RoPE and KV store run inside the attention kernel (`rope`), else as a kernel of
   // their own before it.
-  const bool rope_in_attention = decode_step && !long_segment && cuda::attention_can_rope(D, adjacent);
+  const bool rope_in_attention = decode_step && cuda::attention_can_rope(D, adjacent);
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out,
                     const cuda::RopeStep* rope) {
     if (!long_segment) {
       cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, decode_step, rope,
-                      d.splits.get<float>(),
-                      d.counters.get<int32_t>(), out, s);
+                      d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
       return;
     }
     int64_t t = 0;
@@ -445,8 +443,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     }
   };
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
-  // the context), nor tensor-parallel sums (the host's cannot
-  // be captured; NCCL's can, a next step).
+  // the context), nor tensor-parallel sums (the host's cannot be captured; NCCL's can, a next step).
   if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits, decode_step}, enqueue_layers);
   else enqueue_layers();
   if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers

@@ -2,8 +2,9 @@
 // device once, in their own dtype (f32, bf16, f16, q8_0, q4_0), the KV cache lives on the device
 // under the same block ids as the host bookkeeping, and each call moves only the activations
 // across PCIe: on the first stage not even those, but token ids (the embedding is on the device,
-// shared with a tied lm_head), and back only the rows the caller reads. Tensor-parallel partial sums stay on the device with a DeviceAllReduce (NCCL), or
-// go through the host all-reduce of the runtime without one. Prefill's products run on the tensor
+// shared with a tied lm_head), and back only the rows the caller reads. Tensor-parallel partial
+// sums stay on the device with a DeviceAllReduce (NCCL), or go through the host all-reduce of the
+// runtime without one. Prefill's products run on the tensor
 // cores (cuBLAS) where it can be loaded.
 #pragma once
 #include <memory>
