@@ -29,17 +29,22 @@ struct RowsRead {
 // every ForwardPass::run_layers); returns the total tokens. Throws Error naming the positions.
 int64_t reserve_segments(const ModelConfig& config, std::span<const Segment> segments, KvCache& cache);
 
-// Tensor parallel on GPUs: sums the ranks' partial outputs in device memory, ordered on the
-// forward pass's stream (comm/nccl/), so they never cross to the host.
-class DeviceAllReduce {
+// GPU ranks' links (comm/nccl/): tensor-parallel sums and pipeline hand-offs in device memory,
+// ordered on the forward pass's stream, so activations never cross to the host between GPUs.
+class DeviceGroup {
  public:
-  virtual ~DeviceAllReduce() = default;
-  // data[i] = sum over the stage's ranks of data[i] (device memory, f32), queued on `stream`.
+  virtual ~DeviceGroup() = default;
+  // data[i] = sum over the group's ranks of data[i] (device memory, f32), queued on `stream`.
   virtual void sum(float* data, int64_t count, void* stream) = 0;
+  // Point to point, matched in order per pair of ranks (ranks of this group), queued on `stream`.
+  virtual void send(int peer, const float* data, int64_t count, void* stream) = 0;
+  virtual void recv(int peer, float* data, int64_t count, void* stream) = 0;
   // Blocks until `stream` has finished, bounded: a lost peer raises an error instead of a hang.
   virtual void wait(void* stream) = 0;
-  // Seconds the sums of finished steps took on the GPU (waiting for peers included).
+  // Seconds the group's operations of finished steps took on the GPU (waiting for peers
+  // included), and the bytes this rank sent (a sum counts its buffer once).
   virtual double seconds() const = 0;
+  virtual uint64_t bytes_sent() const = 0;
 };
 
 class ForwardPass {
@@ -51,7 +56,11 @@ class ForwardPass {
   using AllReduce = std::function<void(float* data, int64_t count)>;
   virtual void set_all_reduce(AllReduce fn) = 0;
   // On a GPU, in place of set_all_reduce's host round trip (not owned; outlives the pass).
-  virtual void set_device_all_reduce(DeviceAllReduce*) {}
+  virtual void set_device_all_reduce(DeviceGroup*) {}
+  // Pipeline parallel on GPUs: x comes from rank `from` of `group` (the stage before; -1: from the
+  // caller) and goes on to rank `to` (the stage after; -1: back to the caller) in device memory.
+  // run_layers then neither reads x from the host nor writes it back but for the rows read.
+  virtual void set_device_pipeline(DeviceGroup* /*group*/, int /*from*/, int /*to*/) {}
   // The GPU this pass runs on, -1 on the CPU.
   virtual int device_ordinal() const { return -1; }
 

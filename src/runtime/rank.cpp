@@ -12,7 +12,7 @@
 #include "model/cuda/cuda_transformer.h"
 #endif
 #if SHARDLM_HAVE_NCCL
-#include "comm/nccl/nccl_all_reduce.h"
+#include "comm/nccl/nccl_group.h"
 #endif
 
 namespace shardlm {
@@ -53,7 +53,25 @@ std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const 
 
 bool cuda_used_in_this_process() { return cuda_used; }
 
-double Rank::comm_s() const { return comm_s_ + (device_all_reduce_ ? device_all_reduce_->seconds() : 0.0); }
+double Rank::comm_s() const {
+  double s = comm_s_;
+  for (const auto* g : {&device_all_reduce_, &device_pipeline_})
+    if (*g) s += (*g)->seconds();
+  return s;
+}
+
+namespace {
+// NCCL over `group` for a pass on `device`, or null with the reason in `why`.
+std::unique_ptr<DeviceGroup> device_group(comm::Group& group, int device, std::string* why) {
+  *why = "this shardlm was built without NCCL (nccl.h was not found)";
+#if SHARDLM_HAVE_NCCL
+  return comm::NcclGroup::create(group, device, comm::kDefaultTimeout, why);
+#else
+  (void)group, (void)device;
+  return nullptr;
+#endif
+}
+}  // namespace
 
 template <class F>
 void Rank::timed(F&& f) {
@@ -78,18 +96,26 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   weights_ = load_weights(*files_, slice_of(plan_, world.rank()));
   prefault_weights(weights_, pool_.size());
   transformer_ = make_forward_pass(o.device, weights_, pool_, world.rank());
+  // GPU ranks link through NCCL where each rank of a group has its own GPU; every rank of a group
+  // decides this alike (device_ordinal() is -1 on every rank of a CPU run).
+  const int gpu = transformer_->device_ordinal();
+  std::string why;
   if (plan_.tp > 1) {
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
-    if (transformer_->device_ordinal() >= 0) {  // every rank of the stage decides this alike
-      std::string why = "this shardlm was built without NCCL (nccl.h was not found)";
-#if SHARDLM_HAVE_NCCL
-      device_all_reduce_ = comm::NcclAllReduce::create(*tp_group_, transformer_->device_ordinal(), comm::kDefaultTimeout,
-                                                          &why);
-#endif
+    if (gpu >= 0) {
+      device_all_reduce_ = device_group(*tp_group_, gpu, &why);
       if (device_all_reduce_) transformer_->set_device_all_reduce(device_all_reduce_.get());
       else log_info("rank {}: tensor-parallel sums go through the host: {}", world.rank(), why);
     }
+  }
+  if (plan_.pp > 1 && gpu >= 0) {
+    pipeline_group_ = world.split(tp_rank_, stage_);  // its rank s is stage s
+    device_pipeline_ = device_group(*pipeline_group_, gpu, &why);
+    if (device_pipeline_)
+      transformer_->set_device_pipeline(device_pipeline_.get(), stage_ > 0 ? stage_ - 1 : -1,
+                                        stage_ < last_stage_ ? stage_ + 1 : -1);
+    else log_info("rank {}: pipeline hand-offs go through the host: {}", world.rank(), why);
   }
   // KV cache from the byte budget; every rank must hold as many blocks as rank 0 will hand out,
   // so the run uses the smallest count of any rank (stages hold different numbers of layers).
@@ -192,12 +218,15 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
     if (s.sample) rows_.push_back(n - 1);
   }
   x_.resize(size_t(n * H));
-  if (stage_ != 0) timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
-  // A stage that hands x on reads all of it; the last one only its sampled rows.
-  const RowsRead read = stage_ < last_stage_ ? RowsRead{} : RowsRead{false, rows_};
+  // x between stages: through the host, or on the GPUs (the pass sends and receives it itself).
+  const bool host_hand_off = !device_pipeline_;
+  if (stage_ != 0 && host_hand_off)
+    timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_.size() * 4); });
+  // A stage that hands x on through the host reads all of it; the last one only its sampled rows.
+  const RowsRead read = stage_ == last_stage_ ? RowsRead{false, rows_} : host_hand_off ? RowsRead{} : RowsRead{false, {}};
   transformer_->run_layers(stage_ == 0 ? ids : nullptr, x_.data(), segments_, *cache_, read);
   if (stage_ < last_stage_) {
-    timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
+    if (host_hand_off) timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_.size() * 4); });
     if (!rows_.empty() && plan_.holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});
   } else if (!rows_.empty()) {
     // The sampled rows' final activations to the earlier stages' head rows, then this rank's own.
@@ -306,6 +335,9 @@ nlohmann::json Rank::report() const {
   ::gethostname(host, sizeof host - 1);
   const ModelSlice& s = weights_.slice;
   comm::CommStats w = world_.stats(), t = tp_group_->stats();
+  uint64_t device_bytes_sent = 0;
+  for (const auto* g : {&device_all_reduce_, &device_pipeline_})
+    if (*g) device_bytes_sent += (*g)->bytes_sent();
   return {{"rank", world_.rank()},
           {"host", host},
           {"pid", ::getpid()},
@@ -328,7 +360,8 @@ nlohmann::json Rank::report() const {
           {"comm_s", comm_s()},
           {"comm_share", step_s_ > 0 ? comm_s() / step_s_ : 0.0},
           {"tp_all_reduce", plan_.tp == 1 ? "none" : device_all_reduce_ ? "nccl" : "host"},
-          {"bytes_sent", w.bytes_sent + t.bytes_sent},
+          {"pp_hand_off", plan_.pp == 1 ? "none" : device_pipeline_ ? "nccl" : "host"},
+          {"bytes_sent", w.bytes_sent + t.bytes_sent + device_bytes_sent},
           {"backend", world_.backend()}};
 }
 

@@ -107,7 +107,9 @@ class Rank {
   ThreadPool pool_;
   ModelWeights weights_;
   std::unique_ptr<ForwardPass> transformer_;
-  std::unique_ptr<DeviceAllReduce> device_all_reduce_;  // NCCL for GPU tensor parallelism, else null
+  std::unique_ptr<comm::Group> pipeline_group_;         // GPU pipelines: the ranks of this TP index, by stage
+  std::unique_ptr<DeviceGroup> device_all_reduce_;      // NCCL for GPU tensor parallelism, else null
+  std::unique_ptr<DeviceGroup> device_pipeline_;        // NCCL for GPU pipeline hand-offs, else null
   std::unique_ptr<KvCache> cache_;
   int64_t kv_blocks_ = 0;
   std::vector<Sampler> samplers_;  // per slot, on rank 0

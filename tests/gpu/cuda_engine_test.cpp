@@ -169,9 +169,14 @@ void check_split_on_gpus(int pp, int tp) {
   const GenerateResult g = c.generate(request());
   EXPECT_EQ(g.output_ids, cpu.output_ids);
   EXPECT_LT(test::max_relative_error(g.first_logits, cpu.first_logits), 1e-2);
-  // Tensor-parallel sums stay on the GPUs (NCCL) when each rank has its own, else cross the host.
-  const std::string expected = tp == 1 ? "none" : gpu_count() >= tp ? "nccl" : "host";
-  for (const auto& r : c.rank_reports()) EXPECT_EQ(r["tp_all_reduce"], expected) << r.dump();
+  // Tensor-parallel sums and pipeline hand-offs stay on the GPUs (NCCL) when each rank has its
+  // own, else cross the host.
+  const std::string sums = tp == 1 ? "none" : gpu_count() >= tp ? "nccl" : "host";
+  const std::string hand_offs = pp == 1 ? "none" : gpu_count() >= pp ? "nccl" : "host";
+  for (const auto& r : c.rank_reports()) {
+    EXPECT_EQ(r["tp_all_reduce"], sums) << r.dump();
+    EXPECT_EQ(r["pp_hand_off"], hand_offs) << r.dump();
+  }
   // A second multi-rank GPU run from this process is refused with a reason, not a crash.
   o.pp = 2, o.tp = 1;
   try {

@@ -349,19 +349,23 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   d.reserve_scratch(n, H, q_dim, kv_dim);
   const size_t x_bytes = size_t(n * H) * 4, in_bytes = x_bytes + (3 * size_t(n) + d.host_tables.size()) * 4;
   d.staging.grow(in_bytes);
-  if (!ids) std::copy_n(x, n * H, d.staging.get<float>());
+  // x from the host, unless this is the first stage (made from the ids) or the stage before sends
+  // it to the device.
+  const bool x_from_peer = !ids && pipeline_ && pipeline_from_ >= 0, x_from_host = !ids && !x_from_peer;
+  if (x_from_host) std::copy_n(x, n * H, d.staging.get<float>());
   int32_t* ints = reinterpret_cast<int32_t*>(d.staging.get<uint8_t>() + x_bytes);
   std::copy(d.host_positions.begin(), d.host_positions.end(), ints);
   std::copy(d.host_offsets.begin(), d.host_offsets.end(), ints + n);
   if (ids) std::copy_n(ids, n, ints + 2 * n);
   std::copy(d.host_tables.begin(), d.host_tables.end(), ints + 3 * n);
-  const size_t skip = ids ? x_bytes : 0;  // x is made on the device from the ids
+  const size_t skip = x_from_host ? 0 : x_bytes;
   SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.step_in.get<uint8_t>() + skip, d.staging.get<uint8_t>() + skip, in_bytes - skip,
                                      cudaMemcpyHostToDevice, s));
   float* dx = d.step_in.get<float>();
   const int32_t* pos = reinterpret_cast<const int32_t*>(dx + n * H);
   const int32_t *offsets = pos + n, *tables = offsets + 2 * n;
   if (ids) cuda::embed(d.embedding, offsets + n, n, dx, s);
+  if (x_from_peer) pipeline_->recv(pipeline_from_, dx, n * H, s);
 
   // x += W a, summed over the stage's TP ranks when this rank holds a slice: on the GPU through
   // the device all-reduce when there is one, else through the host.
@@ -446,7 +450,10 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   // the context), nor tensor-parallel sums (the host's cannot be captured; NCCL's can, a next step).
   if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits, decode_step}, enqueue_layers);
   else enqueue_layers();
-  if (device_all_reduce_) device_all_reduce_->wait(s);  // bounded, unlike a copy that waits on peers
+  if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
+  // Bounded, unlike a copy that waits on peers.
+  for (DeviceGroup* g : {device_all_reduce_, pipeline_})
+    if (g) g->wait(s);
   // Back to the host: the rows read, from the first to the last of them in one copy.
   int64_t first = 0, last = n - 1;
   if (!read.all) {

@@ -3,8 +3,8 @@
 // under the same block ids as the host bookkeeping, and each call moves only the activations
 // across PCIe: on the first stage not even those, but token ids (the embedding is on the device,
 // shared with a tied lm_head), and back only the rows the caller reads. Tensor-parallel partial
-// sums stay on the device with a DeviceAllReduce (NCCL), or go through the host all-reduce of the
-// runtime without one. Prefill's products run on the tensor
+// sums and pipeline hand-offs stay on the devices with a DeviceGroup (NCCL), or go through the
+// host (the runtime's all-reduce, x in and out) without one. Prefill's products run on the tensor
 // cores (cuBLAS) where it can be loaded.
 #pragma once
 #include <memory>
@@ -22,7 +22,10 @@ class CudaTransformer : public ForwardPass {
   ~CudaTransformer() override;
 
   void set_all_reduce(AllReduce fn) override { all_reduce_ = std::move(fn); }
-  void set_device_all_reduce(DeviceAllReduce* r) override { device_all_reduce_ = r; }
+  void set_device_all_reduce(DeviceGroup* r) override { device_all_reduce_ = r; }
+  void set_device_pipeline(DeviceGroup* group, int from, int to) override {
+    pipeline_ = group, pipeline_from_ = from, pipeline_to_ = to;
+  }
   int device_ordinal() const override { return device_; }
   const ModelConfig& config() const override { return w_.config; }
   int64_t cache_block_bytes() const override;
@@ -40,7 +43,9 @@ class CudaTransformer : public ForwardPass {
   struct Impl;
   const ModelWeights& w_;
   AllReduce all_reduce_;
-  DeviceAllReduce* device_all_reduce_ = nullptr;
+  DeviceGroup* device_all_reduce_ = nullptr;
+  DeviceGroup* pipeline_ = nullptr;
+  int pipeline_from_ = -1, pipeline_to_ = -1;
   int device_ = 0;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,4 +1,4 @@
-#include "comm/nccl/nccl_all_reduce.h"
+#include "comm/nccl/nccl_group.h"
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -18,6 +18,8 @@ struct Nccl {
   decltype(&ncclGetUniqueId) get_unique_id = nullptr;
   decltype(&ncclCommInitRank) init_rank = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclSend) send = nullptr;
+  decltype(&ncclRecv) recv = nullptr;
   decltype(&ncclCommGetAsyncError) async_error = nullptr;
   decltype(&ncclCommAbort) abort = nullptr;
   decltype(&ncclCommDestroy) destroy = nullptr;
@@ -38,6 +40,8 @@ const Nccl& nccl() {
       lib.resolve(a.get_unique_id, "ncclGetUniqueId");
       lib.resolve(a.init_rank, "ncclCommInitRank");
       lib.resolve(a.all_reduce, "ncclAllReduce");
+      lib.resolve(a.send, "ncclSend");
+      lib.resolve(a.recv, "ncclRecv");
       lib.resolve(a.async_error, "ncclCommGetAsyncError");
       lib.resolve(a.abort, "ncclCommAbort");
       lib.resolve(a.destroy, "ncclCommDestroy");
@@ -67,8 +71,7 @@ struct Offer {
 
 }  // namespace
 
-std::unique_ptr<NcclAllReduce> NcclAllReduce::create(Group& group, int device, std::chrono::seconds timeout,
-                                                     std::string* why) {
+std::unique_ptr<NcclGroup> NcclGroup::create(Group& group, int device, std::chrono::seconds timeout, std::string* why) {
   const Nccl& api = nccl();
   const Offer mine{api.init_rank != nullptr, device};
   std::vector<Offer> all(size_t(group.size()));
@@ -90,8 +93,9 @@ std::unique_ptr<NcclAllReduce> NcclAllReduce::create(Group& group, int device, s
   if (group.rank() == 0) check_nccl(api.get_unique_id(&id), "ncclGetUniqueId", 0);
   std::vector<ncclUniqueId> ids(size_t(group.size()));
   group.all_gather(&id, sizeof id, ids.data());  // the host group is authenticated: only peers see it
-  std::unique_ptr<NcclAllReduce> r(new NcclAllReduce);
+  std::unique_ptr<NcclGroup> r(new NcclGroup);
   r->rank_ = group.rank();
+  r->size_ = group.size();
   r->timeout_ = timeout;
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   ncclComm_t comm = nullptr;
@@ -100,12 +104,13 @@ std::unique_ptr<NcclAllReduce> NcclAllReduce::create(Group& group, int device, s
   return r;
 }
 
-NcclAllReduce::~NcclAllReduce() {
+NcclGroup::~NcclGroup() {
   for (auto& [a, b] : events_) cudaEventDestroy(cudaEvent_t(a)), cudaEventDestroy(cudaEvent_t(b));
   if (comm_) nccl().destroy(ncclComm_t(comm_));
 }
 
-void NcclAllReduce::sum(float* data, int64_t count, void* stream) {
+template <class F>
+void NcclGroup::timed(void* stream, F&& call) {
   const cudaStream_t s = cudaStream_t(stream);
   if (used_events_ == events_.size()) {
     cudaEvent_t a, b;
@@ -115,12 +120,34 @@ void NcclAllReduce::sum(float* data, int64_t count, void* stream) {
   }
   auto [start, end] = events_[used_events_++];
   check_cuda(cudaEventRecord(cudaEvent_t(start), s), "cudaEventRecord");
-  check_nccl(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s), "ncclAllReduce",
-             rank_);
+  call(s);
   check_cuda(cudaEventRecord(cudaEvent_t(end), s), "cudaEventRecord");
 }
 
-void NcclAllReduce::wait(void* stream) {
+void NcclGroup::sum(float* data, int64_t count, void* stream) {
+  timed(stream, [&](cudaStream_t s) {
+    check_nccl(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s),
+               "ncclAllReduce", rank_);
+  });
+  bytes_sent_ += uint64_t(count) * 4;
+}
+
+void NcclGroup::send(int peer, const float* data, int64_t count, void* stream) {
+  SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL send to rank {} of {}", peer, size_);
+  timed(stream, [&](cudaStream_t s) {
+    check_nccl(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclSend", rank_);
+  });
+  bytes_sent_ += uint64_t(count) * 4;
+}
+
+void NcclGroup::recv(int peer, float* data, int64_t count, void* stream) {
+  SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL recv from rank {} of {}", peer, size_);
+  timed(stream, [&](cudaStream_t s) {
+    check_nccl(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclRecv", rank_);
+  });
+}
+
+void NcclGroup::wait(void* stream) {
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   for (;;) {
     const cudaError_t e = cudaStreamQuery(cudaStream_t(stream));
@@ -136,7 +163,7 @@ void NcclAllReduce::wait(void* stream) {
     if (std::chrono::steady_clock::now() > deadline) {
       nccl().abort(ncclComm_t(comm_));
       comm_ = nullptr;
-      throw CommError(fmt::format("NCCL on rank {}: a step's all-reduces did not finish in {} s (a peer lost?)", rank_,
+      throw CommError(fmt::format("NCCL on rank {}: a step's transfers did not finish in {} s (a peer lost?)", rank_,
                                   timeout_.count()));
     }
     std::this_thread::yield();

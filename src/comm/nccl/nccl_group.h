@@ -1,0 +1,45 @@
+// NCCL as the GPU ranks' links: tensor-parallel partial outputs summed and pipeline activations
+// handed on in device memory, on the forward pass's stream, with no host round trip. NCCL is
+// loaded at run time (dlopen), so the binary starts without it; the ranks' host Group carries
+// NCCL's id and their agreement.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/group.h"
+#include "model/forward_pass.h"
+
+namespace shardlm::comm {
+
+class NcclGroup : public DeviceGroup {
+ public:
+  // Called by every rank of `group` at once (a collective on it), each with the GPU its pass runs
+  // on; the NCCL ranks are `group`'s. All ranks get NCCL or all get null, with `why` saying why
+  // (NCCL not found on some rank, two ranks on one GPU, or its start failed). NVLink multicast
+  // stays off unless the environment turns it on (NCCL_NVLS_ENABLE).
+  static std::unique_ptr<NcclGroup> create(Group& group, int device, std::chrono::seconds timeout, std::string* why);
+  ~NcclGroup() override;
+
+  void sum(float* data, int64_t count, void* stream) override;
+  void send(int peer, const float* data, int64_t count, void* stream) override;
+  void recv(int peer, float* data, int64_t count, void* stream) override;
+  void wait(void* stream) override;
+  double seconds() const override { return seconds_; }
+  uint64_t bytes_sent() const override { return bytes_sent_; }
+
+ private:
+  NcclGroup() = default;
+  // Runs one NCCL call between two timing events on `stream`.
+  template <class F>
+  void timed(void* stream, F&& call);
+  void* comm_ = nullptr;  // ncclComm_t
+  std::chrono::seconds timeout_{};
+  std::vector<std::pair<void*, void*>> events_;  // (start, end) of each operation of the step
+  size_t used_events_ = 0;
+  double seconds_ = 0;
+  uint64_t bytes_sent_ = 0;
+  int rank_ = 0, size_ = 0;
+};
+
+}  // namespace shardlm::comm
