@@ -12,5 +12,6 @@ void add_inspect(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_worker(CLI::App& app);
+void add_rank(CLI::App& app);
 
 }  // namespace shardlm::cli

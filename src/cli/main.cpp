@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "runtime/local_rank.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"shardlm: run one large language model on one machine or split over several"};
@@ -28,6 +29,8 @@ int main(int argc, char** argv) {
   shardlm::cli::add_convert(app);
   shardlm::cli::add_plan(app);
   shardlm::cli::add_worker(app);
+  shardlm::cli::add_rank(app);
+  shardlm::set_rank_executable("/proc/self/exe");  // GPU runs start their local ranks from this program
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

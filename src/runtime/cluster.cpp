@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -20,6 +21,7 @@
 #include "core/log.h"
 #include "core/process_stats.h"
 #include "comm/self_group.h"
+#include "runtime/local_rank.h"
 
 namespace shardlm {
 
@@ -133,9 +135,11 @@ void Cluster::start(const ClusterOptions& o) {
 void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
   const int world = o.pp * o.tp;
   // A process forked from one that has used CUDA cannot use it (cudaSetDevice fails with
-  // "initialization error"); rank 0 runs in this process, so a second GPU cluster here would fail
-  // in its children. Say so before forking. (Ranks started by exec would lift this.)
-  SHARDLM_CHECK(o.device != "cuda" || !cuda_used_in_this_process(),
+  // "initialization error"), and rank 0 runs in this process: GPU ranks are started by exec where
+  // the shardlm executable is known (local_rank.h). Without it a second GPU cluster here would
+  // fail in its children: say so before forking.
+  const bool exec_ranks = o.device == "cuda" && !rank_executable().empty();
+  SHARDLM_CHECK(o.device != "cuda" || exec_ranks || !cuda_used_in_this_process(),
                 "--device cuda: this process has already run ranks on the GPU, and ranks forked from it cannot use "
                 "it; start one multi-rank GPU run per process");
   comm::LocalGroup group =
@@ -163,15 +167,16 @@ void Cluster::start_local(const ClusterOptions& o, RankOptions ro) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a rank never outlives the run that started it
       if (::getppid() != parent) ::_exit(1);
       group.close_except(r);
+      std::optional<EnterNetns> inside;
       if (o.network) {
         try {
-          EnterNetns inside(o.network->netns(r));
-          run_child_rank(group.for_rank(r), ro);  // never returns
+          inside.emplace(o.network->netns(r));
         } catch (const std::exception& e) {
           std::fprintf(stderr, "shardlm: error: rank %d: %s\n", r, e.what());
           ::_exit(1);
         }
       }
+      if (exec_ranks) exec_rank(group.for_rank(r), ro);  // never returns
       run_child_rank(group.for_rank(r), ro);
     }
     children_.push_back(pid);

@@ -1,6 +1,7 @@
 // A model split over several ranks, seen from rank 0: start (or join) the ranks, generate, and
 // shut everything down. Three ways to get the ranks:
-// - local (default): this process forks the other ranks on this host and links them by shm or tcp;
+// - local (default): this process forks the other ranks on this host (a GPU run's are started by
+//   exec, runtime/local_rank.h) and links them by shm or tcp;
 // - mpirun: every process of `mpirun -np N shardlm generate --backend mpi` builds a Cluster;
 //   rank 0 drives and the others serve until rank 0 is done;
 // - hosts: `shardlm worker` processes on other machines are given their part over tcp.

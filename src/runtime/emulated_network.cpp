@@ -99,7 +99,13 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
     if (pid == 0) {
       ::setsid();  // not in the foreground group: Ctrl-C stops the run, not its janitor
       ::dup2(fds[0], 3);
-      ::close_range(4, ~0U, 0);  // hold nothing of the run's (sockets, shared memory) open
+      // Hold nothing of the run's open (sockets, shared memory, and its stdout and stderr: a
+      // reader of the run's output, a pipe or a test harness, must see their end when it exits).
+      if (const int null = ::open("/dev/null", O_RDWR); null >= 0) {
+        for (int std_fd = 0; std_fd < 3; ++std_fd) ::dup2(null, std_fd);
+        if (null > 3) ::close(null);
+      }
+      ::close_range(4, ~0U, 0);
       fds[0] = 3;
       char c;
       while (::read(fds[0], &c, 1) > 0) {

@@ -23,6 +23,13 @@ CommandResult shardlm_run(const std::string& args) {
   return r;
 }
 
+// The same with `input` on its standard input (a file: popen's shell has no here-strings).
+CommandResult shardlm_run_with_input(const std::string& input, const std::string& args) {
+  const std::string path = test::scratch_dir("stdin") + "/input";
+  std::ofstream(path) << input;
+  return shardlm_run(args + " < " + path);
+}
+
 // Exit status 1, and stderr ends with exactly one error line that contains `needle` (progress
 // lines may come before it).
 void expect_one_error_line(const CommandResult& r, const std::string& needle) {
@@ -64,6 +71,21 @@ TEST(Cli, HelpListsEverySubcommand) {
     EXPECT_EQ(h.status, 0) << sub;
     EXPECT_NE(h.out.find("--"), std::string::npos) << sub;
   }
+}
+
+// `shardlm rank` is started by shardlm itself (GPU runs' local ranks, by exec); it stays out of
+// the help's list, and a job that is not one of shardlm's is one clear error, never a crash.
+TEST(Cli, RankJobsThatAreNotShardlmsAreOneClearError) {
+  EXPECT_EQ(shardlm_run("--help").out.find("Serve one local rank"), std::string::npos);
+  expect_one_error_line(shardlm_run("rank --job-fd 0 < /dev/null"), "malformed rank job: not JSON");
+  expect_one_error_line(shardlm_run_with_input("{\"backend\": \"shm\"}", "rank --job-fd 0"),
+                        "is missing or of the wrong type");
+  const std::string job =
+      R"({"backend": "shm", "topology": "ring", "rank": 0, "size": 1, "shm_name": "", "endpoints": [], )"
+      R"("listen_fd": -1, "secret": "", "timeout_ms": 1000, "model": "m", "pp": 1, "tp": 1, "stage_weights": [], )"
+      R"("threads": 1, "context": 64, "max_sequences": 1, "kv_memory": 0, "device": "cpu", "log_level": 1})";
+  expect_one_error_line(shardlm_run_with_input(job, "rank --job-fd 0"), "malformed rank job: rank 0 of 1");
+  expect_one_error_line(shardlm_run("rank --job-fd 9"), "cannot read the rank job from descriptor 9");
 }
 
 TEST(Cli, TokenizePrintsIdsAndDecodesThemBack) {

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "runtime/cluster.h"
+#include "runtime/local_rank.h"
 #include "runtime/engine.h"
 #include "test_models.h"
 #include "test_numerics.h"
@@ -177,14 +178,20 @@ void check_split_on_gpus(int pp, int tp) {
     EXPECT_EQ(r["tp_all_reduce"], sums) << r.dump();
     EXPECT_EQ(r["pp_hand_off"], hand_offs) << r.dump();
   }
-  // A second multi-rank GPU run from this process is refused with a reason, not a crash.
+  // A second multi-rank GPU run from this process: its ranks cannot be forked from a process that
+  // has used CUDA, so without the shardlm executable to start them from it is refused with a
+  // reason, not a crash; with it they are started by exec.
   o.pp = 2, o.tp = 1;
+  set_rank_executable("");
   try {
     Cluster again(o);
-    ADD_FAILURE() << "a second GPU cluster started in a process that already used CUDA";
+    ADD_FAILURE() << "a second GPU cluster forked from a process that already used CUDA";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("one multi-rank GPU run per process"), std::string::npos) << e.what();
   }
+  set_rank_executable(test::shardlm_binary());
+  Cluster again(o);
+  EXPECT_EQ(again.generate(request()).output_ids, cpu.output_ids);
 }
 
 TEST(Cuda, PipelineParallelRanksOnGpus) { check_split_on_gpus(2, 1); }
