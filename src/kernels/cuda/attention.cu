@@ -26,9 +26,10 @@ constexpr int kMaxHeadDim = 256;
 
 // Positions a warp takes per iteration: as many key and value rows in flight as 64 registers a
 // lane hold (8 for head_dim 128), so that a block's whole span of a decode step's context
-// (kWarps x kUnroll = 64 positions) is one round trip to memory.
+// (kWarps x kUnroll = 64 positions) is one round trip to memory; at most 8 (smaller heads would
+// take 16 or 32 and spill registers under two blocks per SM).
 template <int kDims>
-constexpr int kUnroll = 32 / kDims < 2 ? 2 : 32 / kDims;
+constexpr int kUnroll = 32 / kDims < 2 ? 2 : 32 / kDims > 8 ? 8 : 32 / kDims;
 
 // A decode step's RoPE done by the attention (ops.h): this lane's dimensions d = lane + 32 i of a
 // head, RMS-normalized by `norm` when given (Qwen3), then rotated with the sines and cosines of
