@@ -1,8 +1,8 @@
 // Local ranks started by exec instead of fork: a process that has used CUDA cannot fork children
 // that use it, so a GPU run's ranks are fresh shardlm processes (`shardlm rank`), and one process
 // can start any number of GPU runs. The job (how to join the group, which rank, which model)
-// crosses the exec through an inherited pipe, not the command line, so the cluster secret never
-// shows in the process list.
+// crosses the exec in an inherited memory file (memfd), not on the command line, so the cluster
+// secret never shows in the process list.
 #pragma once
 #include <string>
 
