@@ -22,6 +22,7 @@
 #include "core/process_stats.h"
 #include "comm/self_group.h"
 #include "runtime/local_rank.h"
+#include "runtime/rank_job.h"
 
 namespace shardlm {
 
@@ -206,11 +207,9 @@ void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
                 "{}: lists {} hosts but --pp {} x --tp {} needs {} (entry 0 is this machine)", o.hosts_file, hosts.size(),
                 o.pp, o.tp, world);
   SHARDLM_CHECK(!o.secret.empty(), "--hosts needs the cluster --secret the workers were started with");
-  const nlohmann::json job = {{"model", o.model_path},   {"pp", o.pp},
-                              {"tp", o.tp},              {"stage_weights", o.stage_weights},
-                              {"context", context_},     {"threads", o.threads_per_rank},
-                              {"topology", o.topology},  {"timeout_ms", int64_t(o.timeout.count())},
-                              {"device", o.device}};
+  nlohmann::json job = rank_job(ro);
+  // Threads as asked (0: each worker picks for its own machine), not as resolved for this one.
+  job.update({{"threads", o.threads_per_rank}, {"topology", o.topology}, {"timeout_ms", int64_t(o.timeout.count())}});
   std::vector<std::string> endpoints(static_cast<size_t>(world));
   for (int r = 1; r < world; ++r) {
     workers_.push_back(connect_to_worker(hosts[size_t(r)], o.secret, o.timeout));

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/log.h"
+#include "runtime/rank_job.h"
 
 namespace shardlm {
 
@@ -21,32 +22,23 @@ std::string& executable() {
   return path;
 }
 
-template <class T>
-T field(const nlohmann::json& job, const char* key) {
-  try {
-    return job.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail("malformed rank job: '{}' is missing or of the wrong type", key);
-  }
-}
-
 }  // namespace
 
 void set_rank_executable(const std::string& path) { executable() = path; }
 const std::string& rank_executable() { return executable(); }
 
 void exec_rank(const comm::GroupSpec& spec, const RankOptions& o) {
-  const nlohmann::json job = {
-      {"backend", spec.backend},      {"topology", spec.topology},
-      {"rank", spec.rank},            {"size", spec.size},
-      {"shm_name", spec.shm_name},    {"endpoints", spec.endpoints},
-      {"listen_fd", spec.listen_fd},  {"secret", spec.secret},
-      {"timeout_ms", spec.timeout.count()},
-      {"model", o.model_path},        {"pp", o.plan.pp},
-      {"tp", o.plan.tp},              {"stage_weights", o.plan.stage_weights},
-      {"threads", o.threads},         {"context", o.max_context},
-      {"max_sequences", o.max_sequences}, {"kv_memory", o.kv_memory},
-      {"device", o.device},           {"log_level", int(log_level())}};
+  nlohmann::json job = rank_job(o);
+  job.update({{"backend", spec.backend},
+              {"topology", spec.topology},
+              {"rank", spec.rank},
+              {"size", spec.size},
+              {"shm_name", spec.shm_name},
+              {"endpoints", spec.endpoints},
+              {"listen_fd", spec.listen_fd},
+              {"secret", spec.secret},
+              {"timeout_ms", spec.timeout.count()},
+              {"log_level", int(log_level())}});
   const std::string text = job.dump();
   // A memory file holds the job (no size limit, unlike a pipe nobody reads yet); it and the
   // group's listening socket are the descriptors the new program keeps.
@@ -78,27 +70,19 @@ void serve_rank_job(int fd) {
   } catch (const nlohmann::json::exception&) {
     fail("malformed rank job: not JSON (this command is started by shardlm itself)");
   }
-  set_log_level(LogLevel(std::clamp(field<int>(job, "log_level"), 0, 2)));
+  const std::string from = "the starting process";
+  set_log_level(LogLevel(std::clamp(job_field<int>(job, "log_level", from), 0, 2)));
   comm::GroupSpec spec;
-  spec.backend = field<std::string>(job, "backend");
-  spec.topology = field<std::string>(job, "topology");
-  spec.rank = field<int>(job, "rank");
-  spec.size = field<int>(job, "size");
-  spec.shm_name = field<std::string>(job, "shm_name");
-  spec.endpoints = field<std::vector<std::string>>(job, "endpoints");
-  spec.listen_fd = field<int>(job, "listen_fd");
-  spec.secret = field<std::string>(job, "secret");
-  spec.timeout = std::chrono::milliseconds(field<int64_t>(job, "timeout_ms"));
-  RankOptions o;
-  o.model_path = field<std::string>(job, "model");
-  o.plan.pp = field<int>(job, "pp");
-  o.plan.tp = field<int>(job, "tp");
-  o.plan.stage_weights = field<std::vector<double>>(job, "stage_weights");
-  o.threads = field<int>(job, "threads");
-  o.max_context = field<int64_t>(job, "context");
-  o.max_sequences = field<int>(job, "max_sequences");
-  o.kv_memory = field<int64_t>(job, "kv_memory");
-  o.device = field<std::string>(job, "device");
+  spec.backend = job_field<std::string>(job, "backend", from);
+  spec.topology = job_field<std::string>(job, "topology", from);
+  spec.rank = job_field<int>(job, "rank", from);
+  spec.size = job_field<int>(job, "size", from);
+  spec.shm_name = job_field<std::string>(job, "shm_name", from);
+  spec.endpoints = job_field<std::vector<std::string>>(job, "endpoints", from);
+  spec.listen_fd = job_field<int>(job, "listen_fd", from);
+  spec.secret = job_field<std::string>(job, "secret", from);
+  spec.timeout = std::chrono::milliseconds(job_field<int64_t>(job, "timeout_ms", from));
+  const RankOptions o = rank_options_from_job(job, from);
   SHARDLM_CHECK(spec.size >= 2 && spec.rank >= 1 && spec.rank < spec.size, "malformed rank job: rank {} of {}", spec.rank,
                 spec.size);
   try {

@@ -12,6 +12,7 @@
 #include "runtime/cluster.h"
 #include "runtime/control_link.h"
 #include "runtime/rank.h"
+#include "runtime/rank_job.h"
 
 namespace shardlm {
 
@@ -19,29 +20,13 @@ namespace tcp = comm::tcp;
 
 namespace {
 
-template <class T>
-T field(const nlohmann::json& j, const char* key, const std::string& peer) {
-  if (!j.contains(key)) throw comm::CommError(fmt::format("job from {} lacks '{}'", peer, key));
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw comm::CommError(fmt::format("job from {}: '{}' has the wrong type", peer, key));
-  }
-}
-
 // Runs one job to its end in this (child) process.
 void run_job(ControlLink& link, const WorkerOptions& o, const std::string& listen_host) {
   nlohmann::json job = link.recv_json(o.timeout);
-  RankOptions ro;
-  ro.model_path = field<std::string>(job, "model", link.peer());
-  ro.plan.pp = field<int>(job, "pp", link.peer());
-  ro.plan.tp = field<int>(job, "tp", link.peer());
-  ro.plan.stage_weights = field<std::vector<double>>(job, "stage_weights", link.peer());
-  ro.device = field<std::string>(job, "device", link.peer());
-  ro.max_context = field<int64_t>(job, "context", link.peer());
-  const int rank = field<int>(job, "rank", link.peer()), world = ro.plan.pp * ro.plan.tp;
-  const int threads = field<int>(job, "threads", link.peer());
-  ro.threads = threads > 0 ? threads : o.threads > 0 ? o.threads : default_threads_per_rank(1);
+  RankOptions ro = rank_options_from_job(job, link.peer());
+  const int rank = job_field<int>(job, "rank", link.peer()), world = ro.plan.pp * ro.plan.tp;
+  // 0: rank 0 leaves the count to this machine (its --threads, else all its cores).
+  if (ro.threads <= 0) ro.threads = o.threads > 0 ? o.threads : default_threads_per_rank(1);
   if (rank <= 0 || rank >= world) throw comm::CommError(fmt::format("job from {}: rank {} of {}", link.peer(), rank, world));
 
   int port = 0;
@@ -50,13 +35,13 @@ void run_job(ControlLink& link, const WorkerOptions& o, const std::string& liste
   nlohmann::json go = link.recv_json(o.timeout);
   comm::GroupSpec spec;
   spec.backend = "tcp";
-  spec.topology = field<std::string>(job, "topology", link.peer());
+  spec.topology = job_field<std::string>(job, "topology", link.peer());
   spec.rank = rank;
   spec.size = world;
-  spec.endpoints = field<std::vector<std::string>>(go, "endpoints", link.peer());
+  spec.endpoints = job_field<std::vector<std::string>>(go, "endpoints", link.peer());
   spec.listen_fd = group_fd;
   spec.secret = o.secret;
-  spec.timeout = std::chrono::milliseconds(field<int64_t>(job, "timeout_ms", link.peer()));
+  spec.timeout = std::chrono::milliseconds(job_field<int64_t>(job, "timeout_ms", link.peer()));
   if (int(spec.endpoints.size()) != world)
     throw comm::CommError(fmt::format("job from {}: {} endpoints for {} ranks", link.peer(), spec.endpoints.size(), world));
   log_info("worker: rank {} of {} ({} pp {} tp {})", rank, world, ro.model_path, ro.plan.pp, ro.plan.tp);

@@ -79,7 +79,9 @@ TEST(Cli, RankJobsThatAreNotShardlmsAreOneClearError) {
   EXPECT_EQ(shardlm_run("--help").out.find("Serve one local rank"), std::string::npos);
   expect_one_error_line(shardlm_run("rank --job-fd 0 < /dev/null"), "malformed rank job: not JSON");
   expect_one_error_line(shardlm_run_with_input("{\"backend\": \"shm\"}", "rank --job-fd 0"),
-                        "is missing or of the wrong type");
+                        "malformed job from the starting process: 'log_level' is missing");
+  expect_one_error_line(shardlm_run_with_input("{\"log_level\": \"loud\"}", "rank --job-fd 0"),
+                        "'log_level' has the wrong type");
   const std::string job =
       R"({"backend": "shm", "topology": "ring", "rank": 0, "size": 1, "shm_name": "", "endpoints": [], )"
       R"("listen_fd": -1, "secret": "", "timeout_ms": 1000, "model": "m", "pp": 1, "tp": 1, "stage_weights": [], )"

@@ -209,3 +209,44 @@ TEST(DistributedCli, EachRankHoldsOnlyItsSlice) {
                 largest / 1e6, single_rss / 1e6, sum / 1e6);
   }
 }
+
+// Workers on this machine's loopback (no namespaces needed): a --hosts run that batches requests
+// gives every worker as many cache slots as rank 0 (the job once lacked them and the workers
+// refused slot 1), and each request gets the tokens of a local run with the same batch.
+TEST(DistributedCli, WorkersServeBatchedRequests) {
+  std::string model = test::test_model({});
+  std::string dir = test::scratch_dir("workers_batched");
+  std::vector<std::string> ports;
+  for (int i = 1; i <= 2; ++i) {
+    const std::string log = dir + "/w" + std::to_string(i) + ".log";
+    sh("rm -f " + log + "; " + bin() + " worker --listen 127.0.0.1:0 --secret s3 --jobs 1 >" + log + " 2>&1 &");
+    std::string port;
+    for (int t = 0; t < 100 && port.empty(); ++t) {
+      std::ifstream in(log);
+      std::string text((std::istreambuf_iterator<char>(in)), {});
+      const size_t at = text.find("listening on 127.0.0.1:");
+      if (at != std::string::npos && text.find('\n', at) != std::string::npos)
+        port = text.substr(at + 23, text.find('\n', at) - at - 23);
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_FALSE(port.empty()) << "worker " << i << " did not start";
+    ports.push_back(port);
+  }
+  std::ofstream(dir + "/hosts.json") << "[\"127.0.0.1:0\", \"127.0.0.1:" << ports[0] << "\", \"127.0.0.1:" << ports[1] << "\"]";
+  std::ofstream(dir + "/requests.jsonl") << R"({"prompt": "The capital of France is"})" << "\n"
+                                         << R"({"prompt": "def add(a, b):"})" << "\n"
+                                         << R"({"prompt": "Once upon a time"})" << "\n";
+  const std::string args = " -q generate --model " + model + " --prompts-file " + dir +
+                           "/requests.jsonl -n 6 --ignore-eos --max-batch 2 --context 64 --json";
+  Result local = sh(bin() + args);
+  ASSERT_EQ(local.status, 0) << local.err;
+  Result remote = sh(bin() + args + " --backend tcp --pp 3 --hosts " + dir + "/hosts.json --secret s3 --comm-timeout 20");
+  ASSERT_EQ(remote.status, 0) << remote.err;
+  const auto l = nlohmann::json::parse(local.out)["requests"], r = nlohmann::json::parse(remote.out)["requests"];
+  ASSERT_EQ(r.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(r[i]["token_ids"].size(), 6u) << r[i].dump();
+    EXPECT_EQ(r[i]["token_ids"], l[i]["token_ids"]) << "request " << i;
+  }
+}
