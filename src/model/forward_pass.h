@@ -45,6 +45,20 @@ class DeviceGroup {
   // included), and the bytes this rank sent (a sum counts its buffer once).
   virtual double seconds() const = 0;
   virtual uint64_t bytes_sent() const = 0;
+
+  // CUDA graphs. Between begin_capture() and end_capture() the operations queued are captured
+  // into a graph rather than run; end_capture() says what they were, and replayed() after each
+  // launch of that graph counts their bytes and has wait() add their times. A timed capture
+  // records two events around each operation: event nodes cost microseconds at every launch, so
+  // a caller keeps an untimed graph too and launches the timed one now and then, each launch
+  // standing for `weight` launches.
+  struct Captured {
+    size_t first_event = 0, events = 0;
+    uint64_t bytes = 0;
+  };
+  virtual void begin_capture(bool /*timed*/) {}
+  virtual Captured end_capture() { return {}; }
+  virtual void replayed(const Captured& /*captured*/, int /*weight*/) {}
 };
 
 class ForwardPass {

@@ -106,10 +106,12 @@ class Rank {
   int stage_ = 0, tp_rank_ = 0, last_stage_ = 0;
   ThreadPool pool_;
   ModelWeights weights_;
-  std::unique_ptr<ForwardPass> transformer_;
   std::unique_ptr<comm::Group> pipeline_group_;         // GPU pipelines: the ranks of this TP index, by stage
   std::unique_ptr<DeviceGroup> device_all_reduce_;      // NCCL for GPU tensor parallelism, else null
   std::unique_ptr<DeviceGroup> device_pipeline_;        // NCCL for GPU pipeline hand-offs, else null
+  // After the groups, so destroyed before them: NCCL does not let a communicator go while CUDA
+  // graphs that captured its transfers still exist (ncclCommDestroy waits for them).
+  std::unique_ptr<ForwardPass> transformer_;
   std::unique_ptr<KvCache> cache_;
   int64_t kv_blocks_ = 0;
   std::vector<Sampler> samplers_;  // per slot, on rank 0

@@ -160,6 +160,9 @@ void check_split_on_gpus(int pp, int tp) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
   const GenerateResult cpu = run_engine(model, "cpu");
+  // The first run forks its ranks, unless an earlier test of this process used CUDA (then it
+  // cannot: they start by exec, as the CLI's always do).
+  set_rank_executable(cuda_used_in_this_process() ? test::shardlm_binary() : "");
   ClusterOptions o;
   o.model_path = model;
   o.pp = pp, o.tp = tp;
@@ -177,6 +180,13 @@ void check_split_on_gpus(int pp, int tp) {
   for (const auto& r : c.rank_reports()) {
     EXPECT_EQ(r["tp_all_reduce"], sums) << r.dump();
     EXPECT_EQ(r["pp_hand_off"], hand_offs) << r.dump();
+    if (sums == "nccl") {
+      // Decode steps replay CUDA graphs with the sums in them: they are still counted (each
+      // token's row summed twice a layer: at least that many bytes sent) and timed.
+      const int64_t layers = 4, hidden = 256;
+      EXPECT_GE(r["bytes_sent"].get<int64_t>(), r["tokens"].get<int64_t>() * layers * 2 * hidden * 4) << r.dump();
+      EXPECT_GT(r["comm_share"].get<double>(), 0.0) << r.dump();
+    }
   }
   // A second multi-rank GPU run from this process: its ranks cannot be forked from a process that
   // has used CUDA, so without the shardlm executable to start them from it is refused with a

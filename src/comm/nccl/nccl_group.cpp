@@ -110,39 +110,63 @@ NcclGroup::~NcclGroup() {
 }
 
 template <class F>
-void NcclGroup::timed(void* stream, F&& call) {
+void NcclGroup::timed(void* stream, uint64_t bytes, F&& call) {
   const cudaStream_t s = cudaStream_t(stream);
+  if (capturing_) capture_.bytes += bytes;
+  else bytes_sent_ += bytes;
+  if (capturing_ && !capture_timed_) return call(s);
   if (used_events_ == events_.size()) {
     cudaEvent_t a, b;
     check_cuda(cudaEventCreate(&a), "cudaEventCreate");
     check_cuda(cudaEventCreate(&b), "cudaEventCreate");
     events_.emplace_back(a, b);
+    weights_.push_back(1);
   }
+  weights_[used_events_] = 1;
   auto [start, end] = events_[used_events_++];
-  check_cuda(cudaEventRecord(cudaEvent_t(start), s), "cudaEventRecord");
+  // Captured, the events become nodes of the graph, recorded at every launch.
+  const unsigned flags = capturing_ ? cudaEventRecordExternal : cudaEventRecordDefault;
+  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(start), s, flags), "cudaEventRecord");
   call(s);
-  check_cuda(cudaEventRecord(cudaEvent_t(end), s), "cudaEventRecord");
+  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(end), s, flags), "cudaEventRecord");
+}
+
+void NcclGroup::begin_capture(bool timed) {
+  capturing_ = true, capture_timed_ = timed;
+  capture_ = {used_events_, 0, 0};
+}
+
+NcclGroup::Captured NcclGroup::end_capture() {
+  capturing_ = false;
+  capture_.events = used_events_ - capture_.first_event;
+  used_events_ = capture_.first_event;  // nothing ran yet
+  return capture_;
+}
+
+void NcclGroup::replayed(const Captured& c, int weight) {
+  SHARDLM_CHECK(c.first_event == used_events_ && c.first_event + c.events <= events_.size(),
+                "internal: a CUDA graph's NCCL operations launched out of their captured order");
+  for (size_t i = 0; i < c.events; ++i) weights_[used_events_++] = weight;
+  bytes_sent_ += c.bytes;
 }
 
 void NcclGroup::sum(float* data, int64_t count, void* stream) {
-  timed(stream, [&](cudaStream_t s) {
+  timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
     check_nccl(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s),
                "ncclAllReduce", rank_);
   });
-  bytes_sent_ += uint64_t(count) * 4;
 }
 
 void NcclGroup::send(int peer, const float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL send to rank {} of {}", peer, size_);
-  timed(stream, [&](cudaStream_t s) {
+  timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
     check_nccl(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclSend", rank_);
   });
-  bytes_sent_ += uint64_t(count) * 4;
 }
 
 void NcclGroup::recv(int peer, float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL recv from rank {} of {}", peer, size_);
-  timed(stream, [&](cudaStream_t s) {
+  timed(stream, 0, [&](cudaStream_t s) {
     check_nccl(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclRecv", rank_);
   });
 }
@@ -172,7 +196,7 @@ void NcclGroup::wait(void* stream) {
     float ms = 0;
     check_cuda(cudaEventElapsedTime(&ms, cudaEvent_t(events_[i].first), cudaEvent_t(events_[i].second)),
                "cudaEventElapsedTime");
-    seconds_ += ms / 1e3;
+    seconds_ += weights_[i] * ms / 1e3;
   }
   used_events_ = 0;
 }

@@ -27,18 +27,26 @@ class NcclGroup : public DeviceGroup {
   void wait(void* stream) override;
   double seconds() const override { return seconds_; }
   uint64_t bytes_sent() const override { return bytes_sent_; }
+  void begin_capture(bool timed) override;
+  Captured end_capture() override;
+  void replayed(const Captured& captured, int weight) override;
 
  private:
   NcclGroup() = default;
-  // Runs one NCCL call between two timing events on `stream`.
+  // Runs one NCCL call that sends `bytes`, between two timing events on `stream`.
   template <class F>
-  void timed(void* stream, F&& call);
+  void timed(void* stream, uint64_t bytes, F&& call);
   void* comm_ = nullptr;  // ncclComm_t
   std::chrono::seconds timeout_{};
-  std::vector<std::pair<void*, void*>> events_;  // (start, end) of each operation of the step
+  // (start, end) of each operation of the step, in order, and how many launches its time stands
+  // for; graphs record the same events (steps follow one another, each finished by wait()).
+  std::vector<std::pair<void*, void*>> events_;
+  std::vector<int> weights_;
   size_t used_events_ = 0;
   double seconds_ = 0;
   uint64_t bytes_sent_ = 0;
+  bool capturing_ = false, capture_timed_ = false;
+  Captured capture_;
   int rank_ = 0, size_ = 0;
 };
 

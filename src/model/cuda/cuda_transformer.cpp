@@ -62,7 +62,14 @@ struct CudaTransformer::Impl {
   // buffers it names stay put.
   bool use_graphs = true;
   using GraphKey = std::tuple<int64_t, int64_t, bool>;
-  std::map<GraphKey, cudaGraphExec_t> graphs;
+  // With tensor-parallel sums in it, a graph is captured twice: the timed one (an event node
+  // before and after each sum) is launched the second time and every 16th after that.
+  struct Graph {
+    cudaGraphExec_t fast = nullptr, timed = nullptr;
+    DeviceGroup::Captured fast_sums, timed_sums;
+    int launches = 0, last_timed = 0;
+  };
+  std::map<GraphKey, Graph> graphs;
   std::vector<const void*> graph_buffers;
 
   ~Impl() {
@@ -70,7 +77,9 @@ struct CudaTransformer::Impl {
     if (stream) cudaStreamDestroy(stream);
   }
   void drop_graphs() {
-    for (auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
+    for (auto& [key, graph] : graphs)
+      for (cudaGraphExec_t exec : {graph.fast, graph.timed})
+        if (exec) cudaGraphExecDestroy(exec);
     graphs.clear();
   }
   // Scratch for `tokens` rows (grown here, not mid-step, so captured graphs stay valid).
@@ -83,9 +92,10 @@ struct CudaTransformer::Impl {
     act.grow(size_t(tokens * ffn) * 4);
     if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, 2 * ffn}));
   }
-  // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first.
+  // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first;
+  // `sums` (or null) is the group whose sums the loop queues.
   template <class F>
-  void replay(GraphKey key, F&& enqueue) {
+  void replay(GraphKey key, F&& enqueue, DeviceGroup* sums) {
     const std::vector<const void*> buffers{step_in.get(), h.get(),      q.get(),   k.get(),      v.get(),
                                            attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(),
                                            widened.get(),
@@ -94,22 +104,38 @@ struct CudaTransformer::Impl {
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
     auto found = graphs.find(key);
     if (found == graphs.end()) {
-      cudaGraph_t graph = nullptr;
-      SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      try {
-        enqueue();
-      } catch (...) {
-        if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
-        throw;
-      }
-      SHARDLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      SHARDLM_CUDA_CHECK(e);
-      found = graphs.emplace(key, exec).first;
+      Graph g;
+      g.fast = capture(enqueue, sums, false, &g.fast_sums);
+      if (sums) g.timed = capture(enqueue, sums, true, &g.timed_sums);
+      found = graphs.emplace(key, g).first;
     }
-    SHARDLM_CUDA_CHECK(cudaGraphLaunch(found->second, stream));
+    Graph& g = found->second;
+    ++g.launches;
+    const bool timed = g.timed && g.launches % 16 == 2;
+    SHARDLM_CUDA_CHECK(cudaGraphLaunch(timed ? g.timed : g.fast, stream));
+    if (sums) sums->replayed(timed ? g.timed_sums : g.fast_sums, g.launches - g.last_timed);
+    if (timed) g.last_timed = g.launches;
+  }
+  template <class F>
+  cudaGraphExec_t capture(F& enqueue, DeviceGroup* sums, bool timed, DeviceGroup::Captured* captured) {
+    cudaGraph_t graph = nullptr;
+    if (sums) sums->begin_capture(timed);
+    SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue();
+    } catch (...) {
+      if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      if (sums) sums->end_capture();
+      throw;
+    }
+    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    if (sums) *captured = sums->end_capture();
+    SHARDLM_CUDA_CHECK(ended);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    SHARDLM_CUDA_CHECK(e);
+    return exec;
   }
 
   template <class T>
@@ -447,8 +473,9 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     }
   };
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
-  // the context), nor tensor-parallel sums (the host's cannot be captured; NCCL's can, a next step).
-  if (d.use_graphs && !long_segment && !w_.tensor_parallel) d.replay({n, splits, decode_step}, enqueue_layers);
+  // the context), nor tensor-parallel sums through the host (NCCL's are captured with the rest).
+  if (d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_))
+    d.replay({n, splits, decode_step}, enqueue_layers, device_all_reduce_);
   else enqueue_layers();
   if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
   // Bounded, unlike a copy that waits on peers.
