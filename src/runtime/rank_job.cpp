@@ -25,6 +25,12 @@ RankOptions rank_options_from_job(const nlohmann::json& job, const std::string& 
   o.max_sequences = job_field<int>(job, "max_sequences", from);
   o.kv_memory = job_field<int64_t>(job, "kv_memory", from);
   o.device = job_field<std::string>(job, "device", from);
+  // The numbers come from another process: refuse what no run asks for before acting on them (a
+  // pool of a million threads, a negative cache budget). Rank checks the slots and the split.
+  if (o.threads < 0 || o.threads > 4096) fail("malformed job from {}: {} threads a rank", from, o.threads);
+  if (o.max_context < 1 || o.max_context > (int64_t(1) << 31))
+    fail("malformed job from {}: a context of {} positions", from, o.max_context);
+  if (o.kv_memory < 0) fail("malformed job from {}: a KV cache budget of {} bytes", from, o.kv_memory);
   return o;
 }
 

@@ -87,6 +87,17 @@ TEST(Cli, RankJobsThatAreNotShardlmsAreOneClearError) {
       R"("listen_fd": -1, "secret": "", "timeout_ms": 1000, "model": "m", "pp": 1, "tp": 1, "stage_weights": [], )"
       R"("threads": 1, "context": 64, "max_sequences": 1, "kv_memory": 0, "device": "cpu", "log_level": 1})";
   expect_one_error_line(shardlm_run_with_input(job, "rank --job-fd 0"), "malformed rank job: rank 0 of 1");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string j = job;
+    j.replace(j.find(from), from.size(), to);
+    return j;
+  };
+  expect_one_error_line(shardlm_run_with_input(with("\"threads\": 1", "\"threads\": 100000"), "rank --job-fd 0"),
+                        "malformed job from the starting process: 100000 threads a rank");
+  expect_one_error_line(shardlm_run_with_input(with("\"context\": 64", "\"context\": -1"), "rank --job-fd 0"),
+                        "a context of -1 positions");
+  expect_one_error_line(shardlm_run_with_input(with("\"kv_memory\": 0", "\"kv_memory\": -7"), "rank --job-fd 0"),
+                        "a KV cache budget of -7 bytes");
   expect_one_error_line(shardlm_run("rank --job-fd 9"), "cannot read the rank job from descriptor 9");
 }
 
