@@ -99,8 +99,10 @@ void ForwardPass::head_argmax(const float* x, std::span<const int64_t> rows, flo
 int64_t reserve_segments(const ModelConfig& c, std::span<const Segment> segments, KvCache& cache) {
   int64_t n = 0;
   for (const Segment& s : segments) {
-    SHARDLM_CHECK(s.n_tokens > 0 && s.start >= 0 && s.start + s.n_tokens <= c.max_position_embeddings,
-                  "positions {}..{} are outside the model's {} positions", s.start, s.start + s.n_tokens - 1,
+    // n_tokens against the room after start: start + n_tokens could overflow.
+    SHARDLM_CHECK(s.n_tokens > 0 && s.start >= 0 && s.start <= c.max_position_embeddings &&
+                      s.n_tokens <= c.max_position_embeddings - s.start,
+                  "{} positions from {} are outside the model's {} positions", s.n_tokens, s.start,
                   c.max_position_embeddings);
     cache.reserve(s.slot, s.start + s.n_tokens);
     n += s.n_tokens;

@@ -30,7 +30,9 @@ void check_step_command(const StepCommand& c, int from, const StepLimits& l) {
 }
 
 void check_segment(const WireSegment& s, int from, const StepLimits& l) {
-  if (s.slot < 0 || s.slot >= l.max_slots || s.n_tokens <= 0 || s.start < 0 || s.start + s.n_tokens > l.max_positions ||
+  // start + n_tokens could overflow: compare n_tokens with the room left after start instead.
+  if (s.slot < 0 || s.slot >= l.max_slots || s.n_tokens <= 0 || s.start < 0 || s.start > l.max_positions ||
+      s.n_tokens > l.max_positions - s.start ||
       (s.sample != 0 && s.sample != 1))
     fail("malformed step message from rank {}: segment of {} tokens at position {} in slot {} (limits: {} slots, {} "
          "positions)",

@@ -14,6 +14,8 @@
 #include "comm/group.h"
 #include "runtime/cluster.h"
 #include "runtime/engine.h"
+#include "model/forward_pass.h"
+#include "model/kv_cache.h"
 #include "runtime/step_protocol.h"
 #include "test_models.h"
 #include "test_numerics.h"
@@ -227,8 +229,30 @@ TEST(Distributed, StepMessagesAreChecked) {
   EXPECT_NE(command_error(m).find("top-p 0"), std::string::npos);
   WireSegment seg{1, 1, 60, 8};  // positions 60..67 in a context of 64
   EXPECT_NE(error([&] { check_segment(seg, 2, limits); }).find("8 tokens at position 60 in slot 1"), std::string::npos);
+  // A start so large that start + n_tokens wraps to a negative number (once accepted).
+  seg = {0, 1, INT64_MAX - 2, 8};
+  EXPECT_NE(error([&] { check_segment(seg, 2, limits); }).find("8 tokens at position 9223372036854775805"),
+            std::string::npos);
   seg = {0, 2, 0, 4};  // sample flag must be 0 or 1
   EXPECT_NE(error([&] { check_segment(seg, 2, limits); }), "");
+}
+
+// The forward pass checks its segments again (a scheduler's or a peer's): positions past the
+// model's, and a start so large that start + tokens overflows, are errors before any cache use.
+TEST(Distributed, SegmentsOutsideTheModelAreRefusedByThePass) {
+  ModelConfig c;
+  c.max_position_embeddings = 64;
+  KvCache cache(1, 1, 32, KvCache::kDefaultBlockSize, 8);
+  const Segment inside{0, 60, 4}, past{0, 60, 5}, wraps{0, INT64_MAX - 2, 8};
+  EXPECT_EQ(reserve_segments(c, {&inside, 1}, cache), 4);
+  for (const Segment& bad : {past, wraps}) {
+    try {
+      reserve_segments(c, {&bad, 1}, cache);
+      ADD_FAILURE() << "segment at " << bad.start << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("are outside the model's 64 positions"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // The report behind shardlm could not run tensor parallel on 5 nodes: 5 divides neither the
