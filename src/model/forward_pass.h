@@ -41,6 +41,10 @@ class DeviceGroup {
   virtual void recv(int peer, float* data, int64_t count, void* stream) = 0;
   // Blocks until `stream` has finished, bounded: a lost peer raises an error instead of a hang.
   virtual void wait(void* stream) = 0;
+  // After wait() threw: ends the group's transfers for good, so that kernels waiting on a lost
+  // peer stop. The pass first destroys the CUDA graphs that captured them (NCCL's abort waits
+  // for those) and frees no memory before (freeing waits for the kernels).
+  virtual void abort() {}
   // Seconds the group's operations of finished steps took on the GPU (waiting for peers
   // included), and the bytes this rank sent (a sum counts its buffer once).
   virtual double seconds() const = 0;

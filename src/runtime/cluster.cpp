@@ -209,7 +209,9 @@ void Cluster::start_remote(const ClusterOptions& o, const RankOptions& ro) {
   SHARDLM_CHECK(!o.secret.empty(), "--hosts needs the cluster --secret the workers were started with");
   nlohmann::json job = rank_job(ro);
   // Threads as asked (0: each worker picks for its own machine), not as resolved for this one.
-  job.update({{"threads", o.threads_per_rank}, {"topology", o.topology}, {"timeout_ms", int64_t(o.timeout.count())}});
+  job.update({{"threads", std::max(0, o.threads_per_rank)},
+              {"topology", o.topology},
+              {"timeout_ms", int64_t(o.timeout.count())}});
   std::vector<std::string> endpoints(static_cast<size_t>(world));
   for (int r = 1; r < world; ++r) {
     workers_.push_back(connect_to_worker(hosts[size_t(r)], o.secret, o.timeout));

@@ -27,6 +27,8 @@ RankOptions rank_options_from_job(const nlohmann::json& job, const std::string& 
   o.device = job_field<std::string>(job, "device", from);
   // The numbers come from another process: refuse what no run asks for before acting on them (a
   // pool of a million threads, a negative cache budget). Rank checks the slots and the split.
+  if (o.plan.pp < 1 || o.plan.pp > 4096 || o.plan.tp < 1 || o.plan.tp > 4096)
+    fail("malformed job from {}: --pp {} --tp {}", from, o.plan.pp, o.plan.tp);
   if (o.threads < 0 || o.threads > 4096) fail("malformed job from {}: {} threads a rank", from, o.threads);
   if (o.max_context < 1 || o.max_context > (int64_t(1) << 31))
     fail("malformed job from {}: a context of {} positions", from, o.max_context);

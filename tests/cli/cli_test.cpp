@@ -98,6 +98,8 @@ TEST(Cli, RankJobsThatAreNotShardlmsAreOneClearError) {
                         "a context of -1 positions");
   expect_one_error_line(shardlm_run_with_input(with("\"kv_memory\": 0", "\"kv_memory\": -7"), "rank --job-fd 0"),
                         "a KV cache budget of -7 bytes");
+  expect_one_error_line(shardlm_run_with_input(with("\"tp\": 1", "\"tp\": 70000"), "rank --job-fd 0"),
+                        "malformed job from the starting process: --pp 1 --tp 70000");
   expect_one_error_line(shardlm_run("rank --job-fd 9"), "cannot read the rank job from descriptor 9");
 }
 

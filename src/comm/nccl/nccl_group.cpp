@@ -106,7 +106,13 @@ std::unique_ptr<NcclGroup> NcclGroup::create(Group& group, int device, std::chro
 
 NcclGroup::~NcclGroup() {
   for (auto& [a, b] : events_) cudaEventDestroy(cudaEvent_t(a)), cudaEventDestroy(cudaEvent_t(b));
-  if (comm_) nccl().destroy(ncclComm_t(comm_));
+  if (failed_) abort();  // destroying would wait for the lost peer
+  else if (comm_) nccl().destroy(ncclComm_t(comm_));
+}
+
+void NcclGroup::abort() {
+  if (comm_) nccl().abort(ncclComm_t(comm_));
+  comm_ = nullptr;
 }
 
 template <class F>
@@ -180,13 +186,11 @@ void NcclGroup::wait(void* stream) {
     ncclResult_t async = ncclSuccess;
     nccl().async_error(ncclComm_t(comm_), &async);
     if (async != ncclSuccess && async != ncclInProgress) {
-      nccl().abort(ncclComm_t(comm_));
-      comm_ = nullptr;
+      failed_ = true;
       throw CommError(fmt::format("NCCL on rank {}: {} (a peer lost?)", rank_, nccl().error_string(async)));
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      nccl().abort(ncclComm_t(comm_));
-      comm_ = nullptr;
+      failed_ = true;
       throw CommError(fmt::format("NCCL on rank {}: a step's transfers did not finish in {} s (a peer lost?)", rank_,
                                   timeout_.count()));
     }

@@ -25,6 +25,7 @@ class NcclGroup : public DeviceGroup {
   void send(int peer, const float* data, int64_t count, void* stream) override;
   void recv(int peer, float* data, int64_t count, void* stream) override;
   void wait(void* stream) override;
+  void abort() override;
   double seconds() const override { return seconds_; }
   uint64_t bytes_sent() const override { return bytes_sent_; }
   void begin_capture(bool timed) override;
@@ -46,6 +47,7 @@ class NcclGroup : public DeviceGroup {
   double seconds_ = 0;
   uint64_t bytes_sent_ = 0;
   bool capturing_ = false, capture_timed_ = false;
+  bool failed_ = false;  // wait() threw: the communicator is aborted, never destroyed
   Captured capture_;
   int rank_ = 0, size_ = 0;
 };

@@ -67,7 +67,7 @@ struct CudaTransformer::Impl {
   struct Graph {
     cudaGraphExec_t fast = nullptr, timed = nullptr;
     DeviceGroup::Captured fast_sums, timed_sums;
-    int launches = 0, last_timed = 0;
+    int64_t launches = 0, last_timed = 0;
   };
   std::map<GraphKey, Graph> graphs;
   std::vector<const void*> graph_buffers;
@@ -98,7 +98,7 @@ struct CudaTransformer::Impl {
   void replay(GraphKey key, F&& enqueue, DeviceGroup* sums) {
     const std::vector<const void*> buffers{step_in.get(), h.get(),      q.get(),   k.get(),      v.get(),
                                            attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(),
-                                           widened.get(),
+                                           widened.get(), partial.get(),
                                            gemm ? gemm->scratch().first : nullptr,
                                            gemm ? gemm->scratch().second : nullptr};
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
@@ -106,21 +106,26 @@ struct CudaTransformer::Impl {
     if (found == graphs.end()) {
       Graph g;
       g.fast = capture(enqueue, sums, false, &g.fast_sums);
-      if (sums) g.timed = capture(enqueue, sums, true, &g.timed_sums);
+      try {
+        if (sums) g.timed = capture(enqueue, sums, true, &g.timed_sums);
+      } catch (...) {
+        cudaGraphExecDestroy(g.fast);  // a graph left alive would keep NCCL from ever letting go
+        throw;
+      }
       found = graphs.emplace(key, g).first;
     }
     Graph& g = found->second;
     ++g.launches;
     const bool timed = g.timed && g.launches % 16 == 2;
     SHARDLM_CUDA_CHECK(cudaGraphLaunch(timed ? g.timed : g.fast, stream));
-    if (sums) sums->replayed(timed ? g.timed_sums : g.fast_sums, g.launches - g.last_timed);
+    if (sums) sums->replayed(timed ? g.timed_sums : g.fast_sums, int(g.launches - g.last_timed));
     if (timed) g.last_timed = g.launches;
   }
   template <class F>
   cudaGraphExec_t capture(F& enqueue, DeviceGroup* sums, bool timed, DeviceGroup::Captured* captured) {
     cudaGraph_t graph = nullptr;
-    if (sums) sums->begin_capture(timed);
     SHARDLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    if (sums) sums->begin_capture(timed);
     try {
       enqueue();
     } catch (...) {
@@ -478,9 +483,18 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     d.replay({n, splits, decode_step}, enqueue_layers, device_all_reduce_);
   else enqueue_layers();
   if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
-  // Bounded, unlike a copy that waits on peers.
-  for (DeviceGroup* g : {device_all_reduce_, pipeline_})
-    if (g) g->wait(s);
+  // Bounded, unlike a copy that waits on peers. A lost peer leaves NCCL's kernels waiting: the
+  // graphs that captured them go first (NCCL's abort waits for those), then every group is
+  // aborted, which ends the kernels, before anything can free memory they use.
+  try {
+    for (DeviceGroup* g : {device_all_reduce_, pipeline_})
+      if (g) g->wait(s);
+  } catch (...) {
+    d.drop_graphs();
+    for (DeviceGroup* g : {device_all_reduce_, pipeline_})
+      if (g) g->abort();
+    throw;
+  }
   // Back to the host: the rows read, from the first to the last of them in one copy.
   int64_t first = 0, last = n - 1;
   if (!read.all) {
