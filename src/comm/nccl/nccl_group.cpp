@@ -105,7 +105,7 @@ std::unique_ptr<NcclGroup> NcclGroup::create(Group& group, int device, std::chro
 }
 
 NcclGroup::~NcclGroup() {
-  for (auto& [a, b] : events_) cudaEventDestroy(cudaEvent_t(a)), cudaEventDestroy(cudaEvent_t(b));
+  for (const Timing& t : events_) cudaEventDestroy(cudaEvent_t(t.start)), cudaEventDestroy(cudaEvent_t(t.end));
   if (failed_) abort();  // destroying would wait for the lost peer
   else if (comm_) nccl().destroy(ncclComm_t(comm_));
 }
@@ -125,16 +125,15 @@ void NcclGroup::timed(void* stream, uint64_t bytes, F&& call) {
     cudaEvent_t a, b;
     check_cuda(cudaEventCreate(&a), "cudaEventCreate");
     check_cuda(cudaEventCreate(&b), "cudaEventCreate");
-    events_.emplace_back(a, b);
-    weights_.push_back(1);
+    events_.push_back({a, b, 1});
   }
-  weights_[used_events_] = 1;
-  auto [start, end] = events_[used_events_++];
+  Timing& t = events_[used_events_++];
+  t.weight = 1;
   // Captured, the events become nodes of the graph, recorded at every launch.
   const unsigned flags = capturing_ ? cudaEventRecordExternal : cudaEventRecordDefault;
-  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(start), s, flags), "cudaEventRecord");
+  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(t.start), s, flags), "cudaEventRecord");
   call(s);
-  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(end), s, flags), "cudaEventRecord");
+  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(t.end), s, flags), "cudaEventRecord");
 }
 
 void NcclGroup::begin_capture(bool timed) {
@@ -152,7 +151,7 @@ NcclGroup::Captured NcclGroup::end_capture() {
 void NcclGroup::replayed(const Captured& c, int weight) {
   SHARDLM_CHECK(c.first_event == used_events_ && c.first_event + c.events <= events_.size(),
                 "internal: a CUDA graph's NCCL operations launched out of their captured order");
-  for (size_t i = 0; i < c.events; ++i) weights_[used_events_++] = weight;
+  for (size_t i = 0; i < c.events; ++i) events_[used_events_++].weight = weight;
   bytes_sent_ += c.bytes;
 }
 
@@ -197,10 +196,10 @@ void NcclGroup::wait(void* stream) {
     std::this_thread::yield();
   }
   for (size_t i = 0; i < used_events_; ++i) {
+    const Timing& t = events_[i];
     float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, cudaEvent_t(events_[i].first), cudaEvent_t(events_[i].second)),
-               "cudaEventElapsedTime");
-    seconds_ += weights_[i] * ms / 1e3;
+    check_cuda(cudaEventElapsedTime(&ms, cudaEvent_t(t.start), cudaEvent_t(t.end)), "cudaEventElapsedTime");
+    seconds_ += t.weight * ms / 1e3;
   }
   used_events_ = 0;
 }

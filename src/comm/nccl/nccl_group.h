@@ -39,10 +39,15 @@ class NcclGroup : public DeviceGroup {
   void timed(void* stream, uint64_t bytes, F&& call);
   void* comm_ = nullptr;  // ncclComm_t
   std::chrono::seconds timeout_{};
-  // (start, end) of each operation of the step, in order, and how many launches its time stands
-  // for; graphs record the same events (steps follow one another, each finished by wait()).
-  std::vector<std::pair<void*, void*>> events_;
-  std::vector<int> weights_;
+  // Each operation of the step, in order: its start and end events (cudaEvent_t) and how many
+  // launches its time stands for. Graphs record the same events (steps follow one another, each
+  // finished by wait()).
+  struct Timing {
+    void* start;
+    void* end;
+    int weight;
+  };
+  std::vector<Timing> events_;
   size_t used_events_ = 0;
   double seconds_ = 0;
   uint64_t bytes_sent_ = 0;
