@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/launch.h"
@@ -32,11 +33,21 @@ __device__ float block_sum(float s) {
   return partial[0];
 }
 
-__global__ void rmsnorm_vector_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+// Four normalized values to y: f32, or rounded to 16 bits (Half: detail::Bf16Bits / F16Bits) as
+// the next tensor-core product takes them.
+__device__ __forceinline__ void store4(float* y, int64_t j, float4 v) { reinterpret_cast<float4*>(y)[j] = v; }
+template <class Half>
+__device__ __forceinline__ void store4(uint16_t* y, int64_t j, float4 v) {
+  reinterpret_cast<uint2*>(y)[j] = make_uint2(uint32_t(Half::round(v.x)) | uint32_t(Half::round(v.y)) << 16,
+                                              uint32_t(Half::round(v.z)) | uint32_t(Half::round(v.w)) << 16);
+}
+
+template <class Half, class T>
+__global__ void rmsnorm_vector_kernel(const float* x, const float* w, T* y, int64_t dim, float eps) {
   detail::let_next_start();
   const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * dim);
   const float4* wr = reinterpret_cast<const float4*>(w);
-  float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * dim);
+  T* yr = y + blockIdx.x * dim;
   const int64_t n = dim / 4;
   float4 v[kMaxVectors], g[kMaxVectors];
 #pragma unroll
@@ -56,113 +67,130 @@ __global__ void rmsnorm_vector_kernel(const float* x, const float* w, float* y, 
 #pragma unroll
   for (int i = 0; i < kMaxVectors; ++i) {
     const int64_t j = threadIdx.x + int64_t(i) * blockDim.x;
-    if (j < n)
-      yr[j] = make_float4(g[i].x * (v[i].x * scale), g[i].y * (v[i].y * scale), g[i].z * (v[i].z * scale),
-                          g[i].w * (v[i].w * scale));
+    if (j < n) {
+      const float4 out = make_float4(g[i].x * (v[i].x * scale), g[i].y * (v[i].y * scale), g[i].z * (v[i].z * scale),
+                                     g[i].w * (v[i].w * scale));
+      if constexpr (std::is_same_v<T, float>) store4(yr, j, out);
+      else store4<Half>(yr, j, out);
+    }
   }
 }
 
-__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+template <class Half, class T>
+__global__ void rmsnorm_kernel(const float* x, const float* w, T* y, int64_t dim, float eps) {
   detail::let_next_start();
   detail::wait_for_previous();
   const float* xr = x + blockIdx.x * dim;
-  float* yr = y + blockIdx.x * dim;
+  T* yr = y + blockIdx.x * dim;
   float s = 0;
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
   const float scale = 1.0f / sqrtf(block_sum(s) / float(dim) + eps);
 #pragma unroll 4
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = w[i] * (xr[i] * scale);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = w[i] * (xr[i] * scale);
+    if constexpr (std::is_same_v<T, float>) yr[i] = v;
+    else yr[i] = Half::round(v);
+  }
 }
 
-// One warp per (token, head) of q and k: the head's RMSNorm (Qwen3, when given), then RoPE at the
-// token's position; q rotated in place, k written to the paged cache with v's head beside it.
+// A block per (token, group of heads of q and k), a warp per head at a time: the head's RMSNorm
+// (Qwen3, when given), then RoPE at the token's position; q rotated in place, k written to the
+// paged cache with v's head beside it. The rotation's sines and cosines are the token's, computed
+// once per block: a long prompt's tokens take groups of 16 heads (sincosf per head and lane cost
+// more than the memory traffic), a decode step's a warp's worth each (the latency is the cost).
 constexpr int kHeadWarps = 4;
 constexpr int kMaxHeadDim = 256;
 
-__global__ void rope_and_store_kernel(RopeStep p) {
+__global__ void rope_and_store_kernel(RopeStep p, int heads_per_block) {
   detail::let_next_start();
   constexpr int kPerLane = kMaxHeadDim / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t t = blockIdx.y, head = int64_t(blockIdx.x) * kHeadWarps + warp;
-  const int64_t D = p.kv.head_dim, kv_heads = p.kv.n_kv_heads, half = D / 2;
-  if (head >= p.n_heads + kv_heads) return;  // warps sync among their own lanes only
-  const bool is_q = head < p.n_heads;
-  const int64_t kv_head = head - p.n_heads;
-  const float* norm = is_q ? p.q_norm : p.k_norm;
-  // While the kernel before finishes, what does not depend on it: this lane's norm weights, the
-  // rotation's sines and cosines at the token's position, and where k and v go in the cache (the
-  // step's inputs were copied before its first kernel).
-  float sin[kPerLane / 2], cos[kPerLane / 2], weight[kPerLane], v[kPerLane];
+  const int64_t t = blockIdx.y, D = p.kv.head_dim, kv_heads = p.kv.n_kv_heads, half = D / 2;
+  const int64_t first = int64_t(blockIdx.x) * heads_per_block;
+  const int64_t end = min(p.n_heads + kv_heads, first + heads_per_block);
+  // While the kernel before finishes, what does not depend on it: the sines and cosines at the
+  // token's position and the cache block k and v go to (the step's inputs were copied before its
+  // first kernel).
+  __shared__ float sines[kMaxHeadDim / 2], cosines[kMaxHeadDim / 2];
   const int64_t position = p.pos[t];
-#pragma unroll
-  for (int j = 0; j < kPerLane / 2; ++j) {
-    const float freq = lane + 32 * j < half ? p.inv_freq[lane + 32 * j] : 0.0f;
-    sincosf(float(position) * freq, &sin[j], &cos[j]);  // f32 product, as on the CPU
-  }
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) weight[j] = norm && lane + 32 * j < D ? norm[lane + 32 * j] : 1.0f;
-  int64_t at = 0;  // k's and v's row in the cache
-  if (!is_q) {
-    const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
-    at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
-  }
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x)
+    sincosf(float(position) * p.inv_freq[i], &sines[i], &cosines[i]);  // f32 product, as on the CPU
+  const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
+  __syncthreads();
   detail::wait_for_previous();
-  const float* src = is_q ? p.q + (t * p.n_heads + head) * D : p.k + (t * kv_heads + kv_head) * D;
-  float sum = 0;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    v[j] = lane + 32 * j < D ? src[lane + 32 * j] : 0.0f;
-    sum += v[j] * v[j];
-  }
-  float scale = 1.0f;
-  if (norm) {
-    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    scale = 1.0f / sqrtf(sum / float(D) + p.eps);
-  }
   __shared__ float heads[kHeadWarps][kMaxHeadDim];
   float* row = heads[warp];
+  for (int64_t head = first + warp; head < end; head += kHeadWarps) {
+    const bool is_q = head < p.n_heads;
+    const int64_t kv_head = head - p.n_heads;
+    const float* norm = is_q ? p.q_norm : p.k_norm;
+    const float* src = is_q ? p.q + (t * p.n_heads + head) * D : p.k + (t * kv_heads + kv_head) * D;
+    float v[kPerLane], sum = 0;
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j)
-    if (lane + 32 * j < D) row[lane + 32 * j] = norm ? weight[j] * (v[j] * scale) : v[j];
-  __syncwarp();  // every lane has read src (q is rotated in place) and written its part of row
-  float* dst = p.q + (t * p.n_heads + head) * D;
-  if (!is_q) {
-    dst = p.k_pool + at;
-    const float* values = p.v + (t * kv_heads + kv_head) * D;
-    for (int64_t d = lane; d < D; d += 32) p.v_pool[at + d] = values[d];
-  }
+    for (int j = 0; j < kPerLane; ++j) {
+      v[j] = lane + 32 * j < D ? src[lane + 32 * j] : 0.0f;
+      sum += v[j] * v[j];
+    }
+    float scale = 1.0f;
+    if (norm) {
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      scale = 1.0f / sqrtf(sum / float(D) + p.eps);
+    }
 #pragma unroll
-  for (int j = 0; j < kPerLane / 2; ++j) {
-    const int64_t i = lane + 32 * j;
-    if (i >= half) break;
-    const int64_t a = p.adjacent_pairs ? 2 * i : i, b = p.adjacent_pairs ? 2 * i + 1 : i + half;
-    const float x0 = row[a], x1 = row[b];
-    dst[a] = x0 * cos[j] - x1 * sin[j];
-    dst[b] = x1 * cos[j] + x0 * sin[j];
+    for (int j = 0; j < kPerLane; ++j)
+      if (lane + 32 * j < D) row[lane + 32 * j] = norm ? norm[lane + 32 * j] * (v[j] * scale) : v[j];
+    __syncwarp();  // every lane has read src (q is rotated in place) and written its part of row
+    float* dst = p.q + (t * p.n_heads + head) * D;
+    if (!is_q) {
+      const int64_t at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
+      dst = p.k_pool + at;
+      const float* values = p.v + (t * kv_heads + kv_head) * D;
+      for (int64_t d = lane; d < D; d += 32) p.v_pool[at + d] = values[d];
+    }
+    for (int64_t i = lane; i < half; i += 32) {
+      const int64_t a = p.adjacent_pairs ? 2 * i : i, b = p.adjacent_pairs ? 2 * i + 1 : i + half;
+      const float x0 = row[a], x1 = row[b];
+      dst[a] = x0 * cosines[i] - x1 * sines[i];
+      dst[b] = x1 * cosines[i] + x0 * sines[i];
+    }
+    __syncwarp();  // row is rewritten by this warp's next head
   }
 }
 
 // Output i is silu(y[2i]) * y[2i + 1] whatever the row (rows of pairs are back to back); a thread
-// takes two: one 16-byte load. Out: float, or detail::Bf16Bits / F16Bits to write the 16-bit input
-// of the next tensor-core product directly.
-template <class Out>
-__device__ __forceinline__ void store_as(float* out, int64_t i, float v) { out[i] = v; }
-template <class Out>
-__device__ __forceinline__ void store_as(uint16_t* out, int64_t i, float v) { out[i] = Out::round(v); }
-
-template <class Out, class T>
-__global__ void swiglu_pairs_kernel(const float* y, T* out, int64_t n) {
+// takes two: one 16-byte load.
+__global__ void swiglu_pairs_kernel(const float* y, float* out, int64_t n) {
   detail::let_next_start();
   detail::wait_for_previous();
   const int64_t i = 2 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
   auto silu_times = [](float gate, float up) { return gate / (1.0f + expf(-gate)) * up; };
   if (i + 1 < n) {
     const float4 v = *reinterpret_cast<const float4*>(y + 2 * i);
-    store_as<Out>(out, i, silu_times(v.x, v.y));
-    store_as<Out>(out, i + 1, silu_times(v.z, v.w));
+    out[i] = silu_times(v.x, v.y);
+    out[i + 1] = silu_times(v.z, v.w);
   } else if (i < n) {
-    store_as<Out>(out, i, silu_times(y[2 * i], y[2 * i + 1]));
+    out[i] = silu_times(y[2 * i], y[2 * i + 1]);
+  }
+}
+
+// The same from 16-bit gate and up values (the tensor cores' output): a thread takes four pairs,
+// one 16-byte load, and writes four 16-bit outputs.
+template <class Half>
+__global__ void swiglu_half_pairs_kernel(const uint16_t* y, uint16_t* out, int64_t n) {
+  detail::let_next_start();
+  detail::wait_for_previous();
+  const int64_t i = 4 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
+  auto silu_times = [](uint16_t gate_bits, uint16_t up_bits) {
+    const float gate = Half::widen(gate_bits), up = Half::widen(up_bits);
+    return Half::round(gate / (1.0f + expf(-gate)) * up);
+  };
+  if (i + 3 < n) {
+    const uint4 v = *reinterpret_cast<const uint4*>(y + 2 * i);
+    auto pair = [&](uint32_t w) { return uint32_t(silu_times(uint16_t(w & 0xffffu), uint16_t(w >> 16))); };
+    *reinterpret_cast<uint2*>(out + i) = make_uint2(pair(v.x) | pair(v.y) << 16, pair(v.z) | pair(v.w) << 16);
+  } else {
+    for (int64_t j = i; j < n; ++j) out[j] = silu_times(y[2 * j], y[2 * j + 1]);
   }
 }
 
@@ -239,38 +267,52 @@ __global__ void add_halves_kernel(float* y, const float* halves, int64_t n, bool
 
 }  // namespace
 
-void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s) {
+namespace {
+// One launch for rows of `dim` into y (f32, or 16-bit bits of Half).
+template <class Half, class T>
+void launch_rmsnorm(const float* x, const float* weight, T* y, int64_t n, int64_t dim, float eps, Stream s) {
   if (n == 0) return;
   if (dim % 4 == 0 && dim <= int64_t(kMaxVectors) * 4 * kThreads) {
     // As few threads as hold the row (a head's 128 floats take one warp), at least one warp.
     const int threads = int(std::min<int64_t>(kThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
-    detail::launch_overlapping("rmsnorm", rmsnorm_vector_kernel, unsigned(n), threads, s, x, weight, y, dim, eps);
+    detail::launch_overlapping("rmsnorm", rmsnorm_vector_kernel<Half, T>, unsigned(n), threads, s, x, weight, y, dim, eps);
   } else {
-    detail::launch_overlapping("rmsnorm", rmsnorm_kernel, unsigned(n), kThreads, s, x, weight, y, dim, eps);
+    detail::launch_overlapping("rmsnorm", rmsnorm_kernel<Half, T>, unsigned(n), kThreads, s, x, weight, y, dim, eps);
   }
+}
+}  // namespace
+
+void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s) {
+  launch_rmsnorm<detail::Bf16Bits>(x, weight, y, n, dim, eps, s);
+}
+
+void rmsnorm(const float* x, const float* weight, uint16_t* y, int64_t n, int64_t dim, float eps, DType half,
+             Stream s) {
+  detail::with_half_bits(half, [&](auto bits) { launch_rmsnorm<decltype(bits)>(x, weight, y, n, dim, eps, s); });
 }
 
 void rope_and_store(const RopeStep& step, int64_t n_tokens, Stream s) {
   const int64_t heads = step.n_heads + step.kv.n_kv_heads;
   if (n_tokens == 0 || heads == 0) return;
   if (step.kv.head_dim % 2 != 0 || step.kv.head_dim > kMaxHeadDim) detail::fail_with("CUDA rope: head_dim must be even and at most 256");
-  const dim3 grid(unsigned((heads + kHeadWarps - 1) / kHeadWarps), unsigned(n_tokens));
-  detail::launch_overlapping("rope_and_store", rope_and_store_kernel, grid, 32 * kHeadWarps, s, step);
+  const int per_block = n_tokens >= 64 ? 4 * kHeadWarps : kHeadWarps;
+  const dim3 grid(unsigned((heads + per_block - 1) / per_block), unsigned(n_tokens));
+  detail::launch_overlapping("rope_and_store", rope_and_store_kernel, grid, 32 * kHeadWarps, s, step, per_block);
 }
 
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s) {
   const int64_t total = n * (cols / 2);
   if (total == 0) return;
-  detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<float, float>, detail::blocks_for(total, 2 * kThreads),
-                             kThreads, s, y, out, total);
+  detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel, detail::blocks_for(total, 2 * kThreads), kThreads, s,
+                             y, out, total);
 }
 
-void swiglu_pairs(const float* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s) {
+void swiglu_half_pairs(const uint16_t* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s) {
   const int64_t total = n * (cols / 2);
   if (total == 0) return;
-  const unsigned blocks = detail::blocks_for(total, 2 * kThreads);
+  const unsigned blocks = detail::blocks_for(total, 4 * kThreads);
   detail::with_half_bits(half, [&](auto bits) {
-    detail::launch_overlapping("swiglu_pairs", swiglu_pairs_kernel<decltype(bits), uint16_t>, blocks, kThreads, s, y,
+    detail::launch_overlapping("swiglu_half_pairs", swiglu_half_pairs_kernel<decltype(bits)>, blocks, kThreads, s, y,
                                out, total);
   });
 }

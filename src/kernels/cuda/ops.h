@@ -20,6 +20,8 @@ using Stream = CUstream_st*;  // = cudaStream_t
 
 // y[t] = x[t] / rms(x[t]) * weight for n rows of `dim` (y may alias x).
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n, int64_t dim, float eps, Stream s);
+// The same rounded to `half` (BF16 or F16): the next tensor-core product's input, made directly.
+void rmsnorm(const float* x, const float* weight, uint16_t* y, int64_t n, int64_t dim, float eps, DType half, Stream s);
 // x += y.
 void add(float* x, const float* y, int64_t n, Stream s);
 // Each of `rows` rows of `cols` logits: its largest value and that value's index (the lowest index
@@ -76,8 +78,9 @@ void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s);
 // out [n][cols / 2] = silu(gate) * up of rows of (gate, up) pairs, y [n][cols] (a tensor-core
 // product of a gate|up interleaved matrix).
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s);
-// The same, rounded to `half` (BF16 or F16): the next tensor-core product's input, made directly.
-void swiglu_pairs(const float* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s);
+// The same from (gate, up) pairs in `half` (BF16 or F16: the tensor cores' 16-bit output), written
+// in `half`: the next tensor-core product's input, made directly.
+void swiglu_half_pairs(const uint16_t* y, uint16_t* out, int64_t n, int64_t cols, DType half, Stream s);
 
 // Paged KV cache of one layer: block b of the K pool and of the V pool is
 // [local kv head][block_size][head_dim] floats. Token t of a step sits at position pos[t] of its

@@ -117,12 +117,19 @@ void TensorCoreGemm::run_half(const uint16_t* x, int64_t M, const DeviceMatrix& 
   gemm(x, M, w, y, accumulate);
 }
 
-void TensorCoreGemm::gemm(const void* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate) {
+void TensorCoreGemm::run_half_out(const uint16_t* x, int64_t M, const DeviceMatrix& w, uint16_t* y) {
+  if (M == 0 || w.rows == 0) return;
+  SHARDLM_CHECK(w.dtype == DType::BF16 || w.dtype == DType::F16, "internal: 16-bit output for {} weights",
+                dtype_name(w.dtype));
+  gemm(x, M, w, y, false, /*half_out=*/true);
+}
+
+void TensorCoreGemm::gemm(const void* x, int64_t M, const DeviceMatrix& w, void* y, bool accumulate, bool half_out) {
   // Row-major y [M][N] = x [M][K] W^T is column-major y^T (N x M) = W^T' (W as K x N, transposed) x^T.
   const cudaDataType_t type = w.dtype == DType::F32 ? CUDA_R_32F : w.dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check(cublas().gemm(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols),
-                      &alpha, w.data, type, int(w.cols), x, type, int(w.cols), &beta, y, CUDA_R_32F, int(w.rows),
+                      &alpha, w.data, type, int(w.cols), x, type, int(w.cols), &beta, y, half_out ? type : CUDA_R_32F, int(w.rows),
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
 }

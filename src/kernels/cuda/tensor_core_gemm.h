@@ -42,6 +42,8 @@ class TensorCoreGemm {
   uint16_t* input_scratch(int64_t M, int64_t cols);
   // y [M][rows] (+)= x W^T for x [M][cols] already in W's 16-bit type.
   void run_half(const uint16_t* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
+  // y [M][rows] = x W^T in W's 16-bit type too (f32 accumulation, rounded once at the end).
+  void run_half_out(const uint16_t* x, int64_t M, const DeviceMatrix& w, uint16_t* y);
 
   // Grows run()'s scratch for products of up to M rows of x and matrices of up to `cols` columns
   // and `rows` rows: done before a CUDA graph capture, which must not allocate.
@@ -55,8 +57,9 @@ class TensorCoreGemm {
 
  private:
   TensorCoreGemm() = default;
-  // cublasGemmEx: y (+)= x W^T with x in W's type (f32, bf16 or f16), f32 out and accumulation.
-  void gemm(const void* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
+  // cublasGemmEx: y (+)= x W^T with x in W's type (f32, bf16 or f16), f32 accumulation, y in f32
+  // (or, with half_out, in W's type).
+  void gemm(const void* x, int64_t M, const DeviceMatrix& w, void* y, bool accumulate, bool half_out = false);
   void* handle_ = nullptr;  // cublasHandle_t
   Stream stream_ = nullptr;
   DeviceBuffer x_half_, halves_;

@@ -226,14 +226,23 @@ struct CudaTransformer::Impl {
     cuda::rmsnorm(x_rows, norm.get<float>(), h.get<float>(), n, dim, eps, stream);
     return h.get<float>();
   }
+  // Where the tensor cores round the product's input once: x normalized straight into that 16-bit
+  // input (one pass over x instead of a norm, then a rounding).
+  const uint16_t* normed_half(const float* x_rows, int64_t n, const DeviceBuffer& norm, int64_t dim, float eps,
+                              DType half) {
+    uint16_t* out = gemm->input_scratch(n, dim);
+    cuda::rmsnorm(x_rows, norm.get<float>(), out, n, dim, eps, half, stream);
+    return out;
+  }
   // q, k and v of n rows of RMSNorm(x): one streaming launch over their stacked rows, or three products.
   void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* q_out, float* k_out,
                    float* v_out) {
-    const float* in = normed(x_rows, n, L.attn_norm, L.qkv.cols, eps);
     const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
     if (on_tensor_cores(L.qkv, n)) {  // three products of one rounding of x
       const DeviceMatrix qkv = for_tensor_cores(L.qkv);
-      const uint16_t* half = gemm->rounds_once(n, qkv.dtype) ? gemm->round_input(in, n, qkv.cols, qkv.dtype) : nullptr;
+      const bool once = gemm->rounds_once(n, qkv.dtype);
+      const uint16_t* half = once ? normed_half(x_rows, n, L.attn_norm, qkv.cols, eps, qkv.dtype) : nullptr;
+      const float* in = once ? nullptr : normed(x_rows, n, L.attn_norm, qkv.cols, eps);
       int64_t begin = 0;
       for (const cuda::MatmulPart& p : parts) {
         const DeviceMatrix rows = rows_of(qkv, begin, p.rows);
@@ -243,24 +252,31 @@ struct CudaTransformer::Impl {
       }
       return;
     }
-    cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream);
+    cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
   }
   // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
-  // or after the tensor cores' product of the interleaved matrix (into gate_up). Where the down
-  // product then rounds its input once, SwiGLU writes that 16-bit input instead, returned (else null).
+  // or after the tensor cores' product of the interleaved matrix (into gate_up). Where the tensor
+  // cores round their inputs once, the norm writes gate|up's 16-bit input, the product writes
+  // 16-bit gate and up values (as PyTorch's bf16 model does: half the bytes for SwiGLU to read) and
+  // SwiGLU writes the down product's 16-bit input, returned (else null).
   const uint16_t* mlp_activation(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act) {
-    const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
     if (on_tensor_cores(L.gate_up, n)) {
-      gemm->run(in, n, for_tensor_cores(L.gate_up), gate_up.get<float>(), false);
+      const DeviceMatrix gate_up_w = for_tensor_cores(L.gate_up);
       const DType down = tensor_core_dtype(L.down);
-      if (on_tensor_cores(L.down, n) && gemm->rounds_once(n, down)) {
-        uint16_t* half = gemm->input_scratch(n, L.down.cols);
-        cuda::swiglu_pairs(gate_up.get<float>(), half, n, L.gate_up.rows, down, stream);
+      if (gemm->rounds_once(n, gate_up_w.dtype) && on_tensor_cores(L.down, n) && gemm->rounds_once(n, down) &&
+          down == gate_up_w.dtype) {
+        const uint16_t* in = normed_half(x_rows, n, L.mlp_norm, gate_up_w.cols, eps, gate_up_w.dtype);
+        uint16_t* pairs = gate_up.get<uint16_t>();
+        gemm->run_half_out(in, n, gate_up_w, pairs);
+        uint16_t* half = gemm->input_scratch(n, L.down.cols);  // the product above has read `in`
+        cuda::swiglu_half_pairs(pairs, half, n, L.gate_up.rows, down, stream);
         return half;
       }
+      gemm->run(normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps), n, gate_up_w, gate_up.get<float>(), false);
       cuda::swiglu_pairs(gate_up.get<float>(), act, n, L.gate_up.rows, stream);
       return nullptr;
     }
+    const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
     const cuda::MatmulPart part{act, L.gate_up.rows / 2};
     cuda::matmul(in, n, L.gate_up, cuda::MatmulOutput{{&part, 1}, false, /*swiglu=*/true}, stream);
     return nullptr;
