@@ -258,8 +258,10 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
                const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
                bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters, float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
-  if (rope && !(past_is_stored && attention_can_rope(shape.kv.head_dim, rope->adjacent_pairs)))
-    detail::fail_with("CUDA attention: RoPE fused into a step that is not a decode step, or of an odd head split");
+  if (rope && (rope->q_in || rope->in_stride ||
+               !(past_is_stored && attention_can_rope(shape.kv.head_dim, rope->adjacent_pairs))))
+    detail::fail_with("CUDA attention: RoPE fused into a step that is not a decode step, of an odd head split or of "
+                      "q, k and v not packed");
   const int64_t D = shape.kv.head_dim;
   if (D % 32 != 0 || D > kMaxHeadDim) {
     char why[112];

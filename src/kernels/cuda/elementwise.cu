@@ -94,21 +94,23 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, T* y, int64_t dim
   }
 }
 
-// A block per (token, group of heads of q and k), a warp per head at a time: the head's RMSNorm
-// (Qwen3, when given), then RoPE at the token's position; q rotated in place, k written to the
-// paged cache with v's head beside it. The rotation's sines and cosines are the token's, computed
-// once per block: a long prompt's tokens take groups of 16 heads (sincosf per head and lane cost
-// more than the memory traffic), a decode step's a warp's worth each (the latency is the cost).
+// A block per (token, group of heads of q and k), a warp per head: the head's RMSNorm (Qwen3,
+// when given), then RoPE at the token's position; q rotated in place, k written to the paged cache
+// with v's head beside it. Each lane holds whole rotation pairs (i and i + D/2, or 2i and 2i + 1),
+// so nothing crosses lanes but the norm's sum. The sines and cosines are the token's, computed once
+// per block. A long prompt's blocks take 16 heads, 4 a warp, all loaded before any is used (a
+// warp's loads in flight, not the sincosf per head and lane of a block per 4 heads, set the pace);
+// a decode step's take a warp's worth, one each (latency is the cost there).
 constexpr int kHeadWarps = 4;
 constexpr int kMaxHeadDim = 256;
+constexpr int kMaxPairs = kMaxHeadDim / 64;  // rotation pairs per lane
 
-__global__ void rope_and_store_kernel(RopeStep p, int heads_per_block) {
+template <int kWarpHeads>
+__global__ void rope_and_store_kernel(RopeStep p) {
   detail::let_next_start();
-  constexpr int kPerLane = kMaxHeadDim / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t t = blockIdx.y, D = p.kv.head_dim, kv_heads = p.kv.n_kv_heads, half = D / 2;
-  const int64_t first = int64_t(blockIdx.x) * heads_per_block;
-  const int64_t end = min(p.n_heads + kv_heads, first + heads_per_block);
+  const int64_t first = int64_t(blockIdx.x) * kHeadWarps * kWarpHeads + warp, heads = p.n_heads + kv_heads;
   // While the kernel before finishes, what does not depend on it: the sines and cosines at the
   // token's position and the cache block k and v go to (the step's inputs were copied before its
   // first kernel).
@@ -117,44 +119,58 @@ __global__ void rope_and_store_kernel(RopeStep p, int heads_per_block) {
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x)
     sincosf(float(position) * p.inv_freq[i], &sines[i], &cosines[i]);  // f32 product, as on the CPU
   const int64_t block = p.tables[p.table_offset[t] + position / p.kv.block_size];
+  const int64_t slot = (block * kv_heads * p.kv.block_size + position % p.kv.block_size) * D;  // + kv head's offset
   __syncthreads();
+  // Pair j of a lane: elements lo(j) and hi(j) of the head.
+  auto lo = [&](int j) { const int64_t i = lane + 32 * j; return p.adjacent_pairs ? 2 * i : i; };
+  auto hi = [&](int j) { const int64_t i = lane + 32 * j; return p.adjacent_pairs ? 2 * i + 1 : i + half; };
+  const int64_t q_row = p.in_stride ? p.in_stride : p.n_heads * D, kv_row = p.in_stride ? p.in_stride : kv_heads * D;
+  const float* q_in = p.q_in ? p.q_in : p.q;
+  auto row_of = [&](int64_t head) {
+    return head < p.n_heads ? q_in + t * q_row + head * D : p.k + t * kv_row + (head - p.n_heads) * D;
+  };
   detail::wait_for_previous();
-  __shared__ float heads[kHeadWarps][kMaxHeadDim];
-  float* row = heads[warp];
-  for (int64_t head = first + warp; head < end; head += kHeadWarps) {
+  float x0[kWarpHeads][kMaxPairs], x1[kWarpHeads][kMaxPairs];
+#pragma unroll
+  for (int w = 0; w < kWarpHeads; ++w) {
+    const int64_t head = first + w * kHeadWarps;
+    if (head >= heads) break;
+    const float* src = row_of(head);
+#pragma unroll
+    for (int j = 0; j < kMaxPairs; ++j)
+      if (lane + 32 * j < half) x0[w][j] = src[lo(j)], x1[w][j] = src[hi(j)];
+  }
+#pragma unroll
+  for (int w = 0; w < kWarpHeads; ++w) {
+    const int64_t head = first + w * kHeadWarps;
+    if (head >= heads) break;
     const bool is_q = head < p.n_heads;
-    const int64_t kv_head = head - p.n_heads;
     const float* norm = is_q ? p.q_norm : p.k_norm;
-    const float* src = is_q ? p.q + (t * p.n_heads + head) * D : p.k + (t * kv_heads + kv_head) * D;
-    float v[kPerLane], sum = 0;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      v[j] = lane + 32 * j < D ? src[lane + 32 * j] : 0.0f;
-      sum += v[j] * v[j];
-    }
-    float scale = 1.0f;
     if (norm) {
-      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      scale = 1.0f / sqrtf(sum / float(D) + p.eps);
-    }
+      float sum = 0;
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j)
-      if (lane + 32 * j < D) row[lane + 32 * j] = norm ? norm[lane + 32 * j] * (v[j] * scale) : v[j];
-    __syncwarp();  // every lane has read src (q is rotated in place) and written its part of row
+      for (int j = 0; j < kMaxPairs; ++j)
+        if (lane + 32 * j < half) sum += x0[w][j] * x0[w][j] + x1[w][j] * x1[w][j];
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      const float scale = 1.0f / sqrtf(sum / float(D) + p.eps);
+#pragma unroll
+      for (int j = 0; j < kMaxPairs; ++j)
+        if (lane + 32 * j < half) x0[w][j] = norm[lo(j)] * (x0[w][j] * scale), x1[w][j] = norm[hi(j)] * (x1[w][j] * scale);
+    }
     float* dst = p.q + (t * p.n_heads + head) * D;
     if (!is_q) {
-      const int64_t at = ((block * kv_heads + kv_head) * p.kv.block_size + position % p.kv.block_size) * D;
+      const int64_t at = slot + (head - p.n_heads) * p.kv.block_size * D;
       dst = p.k_pool + at;
-      const float* values = p.v + (t * kv_heads + kv_head) * D;
+      const float* values = p.v + t * kv_row + (head - p.n_heads) * D;
       for (int64_t d = lane; d < D; d += 32) p.v_pool[at + d] = values[d];
     }
-    for (int64_t i = lane; i < half; i += 32) {
-      const int64_t a = p.adjacent_pairs ? 2 * i : i, b = p.adjacent_pairs ? 2 * i + 1 : i + half;
-      const float x0 = row[a], x1 = row[b];
-      dst[a] = x0 * cosines[i] - x1 * sines[i];
-      dst[b] = x1 * cosines[i] + x0 * sines[i];
+#pragma unroll
+    for (int j = 0; j < kMaxPairs; ++j) {
+      const int64_t i = lane + 32 * j;
+      if (i >= half) break;
+      dst[lo(j)] = x0[w][j] * cosines[i] - x1[w][j] * sines[i];
+      dst[hi(j)] = x1[w][j] * cosines[i] + x0[w][j] * sines[i];
     }
-    __syncwarp();  // row is rewritten by this warp's next head
   }
 }
 
@@ -295,9 +311,12 @@ void rope_and_store(const RopeStep& step, int64_t n_tokens, Stream s) {
   const int64_t heads = step.n_heads + step.kv.n_kv_heads;
   if (n_tokens == 0 || heads == 0) return;
   if (step.kv.head_dim % 2 != 0 || step.kv.head_dim > kMaxHeadDim) detail::fail_with("CUDA rope: head_dim must be even and at most 256");
-  const int per_block = n_tokens >= 64 ? 4 * kHeadWarps : kHeadWarps;
-  const dim3 grid(unsigned((heads + per_block - 1) / per_block), unsigned(n_tokens));
-  detail::launch_overlapping("rope_and_store", rope_and_store_kernel, grid, 32 * kHeadWarps, s, step, per_block);
+  auto launch = [&](auto kernel, int64_t per_block) {
+    const dim3 grid(unsigned((heads + per_block - 1) / per_block), unsigned(n_tokens));
+    detail::launch_overlapping("rope_and_store", kernel, grid, 32 * kHeadWarps, s, step);
+  };
+  if (n_tokens >= 64) launch(rope_and_store_kernel<4>, 4 * kHeadWarps);
+  else launch(rope_and_store_kernel<1>, kHeadWarps);
 }
 
 void swiglu_pairs(const float* y, float* out, int64_t n, int64_t cols, Stream s) {

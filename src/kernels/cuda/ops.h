@@ -92,8 +92,13 @@ struct KvShape {
 // given (Qwen3), then rotated by its token's position (as ops::rope); q in place, k written into
 // the paged cache with v's head beside it. q [n][n_heads][head_dim], k and v [n][n_kv_heads][head_dim].
 struct RopeStep {
-  float* q = nullptr;
+  float* q = nullptr;  // packed [n][n_heads][head_dim]: rotated in place, or written from q_in
   const float *k = nullptr, *v = nullptr;
+  // Where rope_and_store reads q, k and v when they are rows of one product (q|k|v side by side:
+  // in_stride floats from a token's row to the next); null and 0: q, k and v packed as above.
+  // The attention kernel's own RoPE takes them packed only.
+  const float* q_in = nullptr;
+  int64_t in_stride = 0;
   const float *q_norm = nullptr, *k_norm = nullptr;  // [head_dim] each, or null
   float eps = 0;
   int64_t n_heads = 0;

@@ -45,7 +45,7 @@ struct CudaTransformer::Impl {
   int64_t n_heads = 0, n_kv_heads = 0, ffn = 0;
   std::unique_ptr<cuda::TensorCoreGemm> gemm;  // null without cuBLAS
   // Scratch, grown on demand.
-  DeviceBuffer h, q, k, v, attn, gate_up, act, partial, logits, splits, counters, head_x, best;
+  DeviceBuffer h, q, k, v, qkv_rows, attn, gate_up, act, partial, logits, splits, counters, head_x, best;
   DeviceBuffer flash_k, flash_v;  // a long segment's keys and values in bf16 (flash_attention)
   std::vector<float> host_partial;
   std::vector<int32_t> host_tables, host_offsets, host_positions;
@@ -88,6 +88,7 @@ struct CudaTransformer::Impl {
     step_in.grow(size_t(tokens * hidden + 3 * tokens + cache_blocks) * 4);
     for (DeviceBuffer* b : {&q, &attn}) b->grow(size_t(tokens * q_dim) * 4);
     for (DeviceBuffer* b : {&k, &v}) b->grow(size_t(tokens * kv_dim) * 4);
+    if (gemm) qkv_rows.grow(size_t(tokens * (q_dim + 2 * kv_dim)) * 4);
     gate_up.grow(size_t(tokens * 2 * ffn) * 4);
     act.grow(size_t(tokens * ffn) * 4);
     if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, 2 * ffn}));
@@ -96,9 +97,9 @@ struct CudaTransformer::Impl {
   // `sums` (or null) is the group whose sums the loop queues.
   template <class F>
   void replay(GraphKey key, F&& enqueue, DeviceGroup* sums) {
-    const std::vector<const void*> buffers{step_in.get(), h.get(),      q.get(),   k.get(),      v.get(),
-                                           attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(),
-                                           widened.get(), partial.get(),
+    const std::vector<const void*> buffers{step_in.get(),   h.get(),       q.get(),   k.get(),      v.get(),
+                                           qkv_rows.get(),  attn.get(),    gate_up.get(), act.get(), splits.get(),
+                                           counters.get(),  widened.get(),  partial.get(),
                                            gemm ? gemm->scratch().first : nullptr,
                                            gemm ? gemm->scratch().second : nullptr};
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
@@ -234,25 +235,37 @@ struct CudaTransformer::Impl {
     cuda::rmsnorm(x_rows, norm.get<float>(), out, n, dim, eps, half, stream);
     return out;
   }
-  // q, k and v of n rows of RMSNorm(x): one streaming launch over their stacked rows, or three products.
-  void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* q_out, float* k_out,
-                   float* v_out) {
-    const cuda::MatmulPart parts[] = {{q_out, L.q_rows}, {k_out, L.k_rows}, {v_out, L.v_rows}};
-    if (on_tensor_cores(L.qkv, n)) {  // three products of one rounding of x
-      const DeviceMatrix qkv = for_tensor_cores(L.qkv);
-      const bool once = gemm->rounds_once(n, qkv.dtype);
-      const uint16_t* half = once ? normed_half(x_rows, n, L.attn_norm, qkv.cols, eps, qkv.dtype) : nullptr;
-      const float* in = once ? nullptr : normed(x_rows, n, L.attn_norm, qkv.cols, eps);
-      int64_t begin = 0;
-      for (const cuda::MatmulPart& p : parts) {
-        const DeviceMatrix rows = rows_of(qkv, begin, p.rows);
-        if (half) gemm->run_half(half, n, rows, p.y, false);
-        else gemm->run(in, n, rows, p.y, false);
-        begin += p.rows;
-      }
+  // q, k and v of n rows of RMSNorm(x) for `rope` (whose q, k and v are the packed buffers): one
+  // streaming launch over their stacked rows, or on the tensor cores one product of the stacked
+  // matrix whose rows RoPE then reads in place (rope.q_in, in_stride), or, when the attention does
+  // the RoPE (a decode step, which takes q, k and v packed), three products.
+  void project_qkv(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, bool rope_in_attention,
+                   cuda::RopeStep& rope) {
+    const cuda::MatmulPart parts[] = {{q.get<float>(), L.q_rows}, {k.get<float>(), L.k_rows}, {v.get<float>(), L.v_rows}};
+    if (!on_tensor_cores(L.qkv, n)) {
+      cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
       return;
     }
-    cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
+    const DeviceMatrix qkv = for_tensor_cores(L.qkv);
+    const bool once = gemm->rounds_once(n, qkv.dtype);
+    const uint16_t* half = once ? normed_half(x_rows, n, L.attn_norm, qkv.cols, eps, qkv.dtype) : nullptr;
+    const float* in = once ? nullptr : normed(x_rows, n, L.attn_norm, qkv.cols, eps);
+    auto product = [&](const DeviceMatrix& w, float* y) {
+      if (half) gemm->run_half(half, n, w, y, false);
+      else gemm->run(in, n, w, y, false);
+    };
+    if (!rope_in_attention) {
+      float* rows = qkv_rows.get<float>();
+      product(qkv, rows);
+      rope.q_in = rows, rope.k = rows + L.q_rows, rope.v = rows + L.q_rows + L.k_rows;
+      rope.in_stride = L.qkv.rows;
+      return;
+    }
+    int64_t begin = 0;
+    for (const cuda::MatmulPart& p : parts) {
+      product(rows_of(qkv, begin, p.rows), p.y);
+      begin += p.rows;
+    }
   }
   // silu(gate) * up of n rows of RMSNorm(x) into act: SwiGLU in the streaming product's epilogue,
   // or after the tensor cores' product of the interleaved matrix (into gate_up). Where the tensor
@@ -481,10 +494,10 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   auto enqueue_layers = [&] {
     for (size_t l = 0; l < d.layers.size(); ++l) {
       const DeviceLayer& L = d.layers[l];
-      d.project_qkv(dx, n, L, eps, q, k, v);
       float *k_pool = d.k_pools[l].get<float>(), *v_pool = d.v_pools[l].get<float>();
-      cuda::RopeStep step{q, k, v, L.q_norm.get<float>(), L.k_norm.get<float>(), eps, d.n_heads, pos,
+      cuda::RopeStep step{q, k, v, nullptr, 0, L.q_norm.get<float>(), L.k_norm.get<float>(), eps, d.n_heads, pos,
                           d.inv_freq.get<float>(), adjacent, k_pool, v_pool, tables, offsets, kv_shape};
+      d.project_qkv(dx, n, L, eps, rope_in_attention, step);
       if (!rope_in_attention) cuda::rope_and_store(step, n, s);
       attend(q, k_pool, v_pool, d.attn.get<float>(), rope_in_attention ? &step : nullptr);
       project_and_add(L.o, d.attn.get<float>(), nullptr);
