@@ -26,12 +26,25 @@ int32_t Sampler::sample(const float* logits, int64_t vocab_size) {
   }
   size_t keep = candidates_.size();
   if (options_.top_p < 1.0f) {
-    // Sort by probability only as far as needed: most of the mass sits in few tokens.
-    std::sort(candidates_.begin(), candidates_.end(), [](auto& a, auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-    double cumulative = 0;
-    for (keep = 0; keep < candidates_.size();) {
-      cumulative += candidates_[keep++].first / total;
-      if (cumulative >= options_.top_p) break;
+    // Ordered by probability (ties: lower id first) only as far as the nucleus reaches: the top
+    // 128 first; a trained model's nucleus is a few tokens, and sorting all of Qwen3's 151,936
+    // takes about 15 ms a token (a GPU decodes one in 1). When they fall short, 8 times as many,
+    // or everything once their mass says the nucleus is larger (the rest are no likelier, so it
+    // holds at least k * top_p / mass(top k) tokens). A partial sort's first k are a full sort's:
+    // the draw is the same as sorting everything.
+    auto more_likely = [](auto& a, auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+    const size_t n = candidates_.size();
+    for (size_t k = std::min<size_t>(128, n);;) {
+      if (k == n) std::sort(candidates_.begin(), candidates_.end(), more_likely);
+      else std::partial_sort(candidates_.begin(), candidates_.begin() + ptrdiff_t(k), candidates_.end(), more_likely);
+      double cumulative = 0;
+      for (keep = 0; keep < k;) {
+        cumulative += candidates_[keep++].first / total;
+        if (cumulative >= options_.top_p) break;
+      }
+      if (cumulative >= options_.top_p || k == n) break;
+      const double at_least = double(k) * options_.top_p / cumulative;
+      k = at_least > double(8 * k) ? n : std::min(8 * k, n);
     }
     total = 0;
     for (size_t i = 0; i < keep; ++i) total += candidates_[i].first;

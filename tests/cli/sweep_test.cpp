@@ -55,7 +55,12 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
       EXPECT_GT(r[key]["median"].get<double>(), 0) << key;
     }
     // Two sequences decode together: the aggregate beats one sequence's rate.
-    EXPECT_GE(r["decode_tok_s_aggregate"]["median"].get<double>(), r["decode_tok_s_per_seq"]["median"].get<double>());
+    // Every sequence decodes within the run's wall time, so the aggregate rate (all tokens over the
+    // wall time) is at most batch x gen / (gen - 1) times the sequences' decode rate. (That it beats
+    // one sequence's rate depends on how long the prompts took on a busy machine: not a law.)
+    EXPECT_LE(r["decode_tok_s_aggregate"]["median"].get<double>(),
+              2 * 6.0 / 5.0 * r["decode_tok_s_per_seq"]["median"].get<double>() * (1 + 1e-9));
+    EXPECT_GT(r["decode_tok_s_aggregate"]["median"].get<double>(), 0.0);
     EXPECT_EQ(r["tokens_generated"], r["tokens_requested"]);
     EXPECT_EQ(r["tokens_generated"].get<int64_t>(), 2 * 2 * 6);  // repeats x batch x gen
     EXPECT_LE(r["itl_p50_s"]["median"].get<double>(), r["itl_p99_s"]["median"].get<double>());
