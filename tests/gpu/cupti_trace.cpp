@@ -33,15 +33,15 @@ void CUPTIAPI give_buffer(uint8_t** buffer, size_t* size, size_t* max_records) {
   *max_records = 0;
 }
 
-void CUPTIAPI take_buffer(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
+void CUPTIAPI take_buffer(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) try {
   std::lock_guard<std::mutex> lock(records_mutex);
   CUpti_Activity* r = nullptr;
-  while (cuptiActivityGetNextRecord(buffer, valid, &r) == CUPTI_SUCCESS) {
+  while (buffer && cuptiActivityGetNextRecord(buffer, valid, &r) == CUPTI_SUCCESS) {
     if (r->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(r);
       int status = 0;
-      char* plain = abi::__cxa_demangle(k->name, nullptr, nullptr, &status);
-      records().push_back({plain ? plain : k->name, k->start, k->end, 0, "kernel"});
+      char* plain = k->name ? abi::__cxa_demangle(k->name, nullptr, nullptr, &status) : nullptr;
+      records().push_back({plain ? plain : k->name ? k->name : "?", k->start, k->end, 0, "kernel"});
       std::free(plain);
     } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(r);
@@ -54,6 +54,8 @@ void CUPTIAPI take_buffer(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t v
       records().push_back({"[memset]", m->start, m->end, m->bytes, "memset"});
     }
   }
+  std::free(buffer);
+} catch (...) {  // out of memory: drop these records rather than end the traced program
   std::free(buffer);
 }
 

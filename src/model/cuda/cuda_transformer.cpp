@@ -91,7 +91,8 @@ struct CudaTransformer::Impl {
     if (gemm) qkv_rows.grow(size_t(tokens * (q_dim + 2 * kv_dim)) * 4);
     gate_up.grow(size_t(tokens * 2 * ffn) * 4);
     act.grow(size_t(tokens * ffn) * 4);
-    if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim, kv_dim, 2 * ffn}));
+    // Products' rows: up to the stacked q|k|v (one product when RoPE reads its rows) or gate|up.
+    if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim + 2 * kv_dim, 2 * ffn}));
   }
   // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first;
   // `sums` (or null) is the group whose sums the loop queues.
