@@ -2,7 +2,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/launch.h"
@@ -33,8 +32,13 @@ __device__ float block_sum(float s) {
   return partial[0];
 }
 
-// Four normalized values to y: f32, or rounded to 16 bits (Half: detail::Bf16Bits / F16Bits) as
-// the next tensor-core product takes them.
+// Normalized values to y: f32, or rounded to 16 bits (Half: detail::Bf16Bits / F16Bits) as the
+// next tensor-core product takes them. One value at i, or four at 4j.
+template <class Half>
+__device__ __forceinline__ void store1(float* y, int64_t i, float v) { y[i] = v; }
+template <class Half>
+__device__ __forceinline__ void store1(uint16_t* y, int64_t i, float v) { y[i] = Half::round(v); }
+template <class Half>
 __device__ __forceinline__ void store4(float* y, int64_t j, float4 v) { reinterpret_cast<float4*>(y)[j] = v; }
 template <class Half>
 __device__ __forceinline__ void store4(uint16_t* y, int64_t j, float4 v) {
@@ -70,8 +74,7 @@ __global__ void rmsnorm_vector_kernel(const float* x, const float* w, T* y, int6
     if (j < n) {
       const float4 out = make_float4(g[i].x * (v[i].x * scale), g[i].y * (v[i].y * scale), g[i].z * (v[i].z * scale),
                                      g[i].w * (v[i].w * scale));
-      if constexpr (std::is_same_v<T, float>) store4(yr, j, out);
-      else store4<Half>(yr, j, out);
+      store4<Half>(yr, j, out);
     }
   }
 }
@@ -87,11 +90,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, T* y, int64_t dim
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
   const float scale = 1.0f / sqrtf(block_sum(s) / float(dim) + eps);
 #pragma unroll 4
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = w[i] * (xr[i] * scale);
-    if constexpr (std::is_same_v<T, float>) yr[i] = v;
-    else yr[i] = Half::round(v);
-  }
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) store1<Half>(yr, i, w[i] * (xr[i] * scale));
 }
 
 // A block per (token, group of heads of q and k), a warp per head: the head's RMSNorm (Qwen3,

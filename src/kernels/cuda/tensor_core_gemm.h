@@ -31,14 +31,12 @@ class TensorCoreGemm {
   void run(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
   static constexpr int64_t kPreciseRows = 64;
 
-  // Whether run() rounds x once to the weights' type (16-bit weights, M >= kPreciseRows): then
-  // products of several matrices with the same x can share one rounding (round_input), or a kernel
-  // can write the 16-bit x itself (into input_scratch), and run_half takes it. Both return this
-  // object's scratch: valid until the next call that fills it.
+  // Whether run() rounds x once to the weights' type (16-bit weights, M >= kPreciseRows): then a
+  // kernel can write the 16-bit x itself (into input_scratch, this object's scratch: valid until
+  // the next call that fills it), and run_half takes it.
   static bool rounds_once(int64_t M, DType dtype) {
     return (dtype == DType::BF16 || dtype == DType::F16) && M >= kPreciseRows;
   }
-  const uint16_t* round_input(const float* x, int64_t M, int64_t cols, DType half);
   uint16_t* input_scratch(int64_t M, int64_t cols);
   // y [M][rows] (+)= x W^T for x [M][cols] already in W's 16-bit type.
   void run_half(const uint16_t* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate);
@@ -57,6 +55,8 @@ class TensorCoreGemm {
 
  private:
   TensorCoreGemm() = default;
+  // x rounded to `half` into input_scratch (run()'s own rounding).
+  const uint16_t* round_input(const float* x, int64_t M, int64_t cols, DType half);
   // cublasGemmEx: y (+)= x W^T with x in W's type (f32, bf16 or f16), f32 accumulation, y in f32
   // (or, with half_out, in W's type).
   void gemm(const void* x, int64_t M, const DeviceMatrix& w, void* y, bool accumulate, bool half_out = false);

@@ -277,8 +277,7 @@ struct CudaTransformer::Impl {
     if (on_tensor_cores(L.gate_up, n)) {
       const DeviceMatrix gate_up_w = for_tensor_cores(L.gate_up);
       const DType down = tensor_core_dtype(L.down);
-      if (gemm->rounds_once(n, gate_up_w.dtype) && on_tensor_cores(L.down, n) && gemm->rounds_once(n, down) &&
-          down == gate_up_w.dtype) {
+      if (gemm->rounds_once(n, gate_up_w.dtype) && on_tensor_cores(L.down, n) && down == gate_up_w.dtype) {
         const uint16_t* in = normed_half(x_rows, n, L.mlp_norm, gate_up_w.cols, eps, gate_up_w.dtype);
         uint16_t* pairs = gate_up.get<uint16_t>();
         gemm->run_half_out(in, n, gate_up_w, pairs);
