@@ -1,5 +1,6 @@
 // A kernel tracer for tests/gpu/trace: loaded with LD_PRELOAD into any CUDA program, it records the
-// GPU start and end of every kernel (CUDA graphs' nodes included), copy and memset through CUPTI's
+// GPU start and end of every kernel (CUDA graphs' nodes included), copy and memset, and the host's
+// start and end of every CUDA runtime call (kind "api", on the same clock), through CUPTI's
 // activity API, and at exit writes them as CSV to $CUPTI_TRACE_OUT.<pid>.csv (default
 // /tmp/trace.<pid>.csv): start,end,kind,bytes,name, times in ns. Nsight Systems does the same and
 // more, but the GPU machine has no Nsight Systems; this needs only the toolkit's libcupti.
@@ -49,6 +50,12 @@ void CUPTIAPI take_buffer(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t v
                          : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "[copy to host]"
                                                                           : "[copy]";
       records().push_back({what, m->start, m->end, m->bytes, "copy"});
+    } else if (r->kind == CUPTI_ACTIVITY_KIND_RUNTIME || r->kind == CUPTI_ACTIVITY_KIND_DRIVER) {
+      const auto* a = reinterpret_cast<const CUpti_ActivityAPI*>(r);
+      const char* name = nullptr;
+      cuptiGetCallbackName(r->kind == CUPTI_ACTIVITY_KIND_RUNTIME ? CUPTI_CB_DOMAIN_RUNTIME_API : CUPTI_CB_DOMAIN_DRIVER_API,
+                           a->cbid, &name);
+      records().push_back({name ? name : "?", a->start, a->end, 0, "api"});
     } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(r);
       records().push_back({"[memset]", m->start, m->end, m->bytes, "memset"});
@@ -63,7 +70,8 @@ struct Tracer {
   Tracer() {
     cuptiActivityRegisterCallbacks(give_buffer, take_buffer);
     for (CUpti_ActivityKind k :
-         {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY, CUPTI_ACTIVITY_KIND_MEMSET})
+         {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY, CUPTI_ACTIVITY_KIND_MEMSET,
+          CUPTI_ACTIVITY_KIND_RUNTIME})
       if (cuptiActivityEnable(k) != CUPTI_SUCCESS) std::fprintf(stderr, "cupti_trace: cannot trace activity %d\n", int(k));
   }
   ~Tracer() {
