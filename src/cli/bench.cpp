@@ -40,18 +40,26 @@ int64_t matrix_bytes(const WeightMatrix& m) { return m.data ? m.rows * dtype_byt
 int64_t matrix_params(const WeightMatrix& m) { return m.data ? m.rows * m.cols : 0; }
 
 // Bytes and multiply-adds one token costs in the layers and in the head, for the whole model.
+// `products`: the bytes of each matrix product of a decode step as a GPU reads them (q|k|v, o,
+// gate|up and down stacked as it stacks them, then lm_head).
 struct TokenCost {
   int64_t layer_bytes = 0, head_bytes = 0, layer_params = 0, head_params = 0;
   std::string dtype;
+  std::vector<size_t> products;
 };
 TokenCost token_cost(const ModelFiles& files) {
   ModelWeights w = load_weights(files);  // views only: nothing is read
   TokenCost c;
-  for (const auto& L : w.layers)
+  for (const auto& L : w.layers) {
     for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
       c.layer_bytes += matrix_bytes(*m);
       c.layer_params += matrix_params(*m);
     }
+    for (int64_t bytes : {matrix_bytes(L.q) + matrix_bytes(L.k) + matrix_bytes(L.v), matrix_bytes(L.o),
+                          matrix_bytes(L.gate) + matrix_bytes(L.up), matrix_bytes(L.down)})
+      c.products.push_back(size_t(bytes));
+  }
+  c.products.push_back(size_t(matrix_bytes(w.lm_head)));
   c.head_bytes = matrix_bytes(w.lm_head);
   c.head_params = matrix_params(w.lm_head);
   c.dtype = std::string(dtype_name(w.layers.at(0).q.dtype));
@@ -103,7 +111,7 @@ void run_bench(BenchFlags& f) {
   const bool gpu = f.cluster.device == "cuda";
   ThreadPool probe_pool(split || f.cluster.threads_per_rank == 0 ? ThreadPool::default_threads()
                                                                  : f.cluster.threads_per_rank);
-  double read_bw = 0, fma_peak = 0;
+  double read_bw = 0, fma_peak = 0, floor_s = 0;
   if (!gpu) {  // a GPU's ceiling is measured after the run: this process forks its ranks first
     log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
     read_bw = measure_read_bandwidth(probe_pool);
@@ -126,6 +134,8 @@ void run_bench(BenchFlags& f) {
 #if SHARDLM_HAVE_CUDA
     log_info("bench: measuring GPU 0's read bandwidth and bf16 matrix-product FLOP/s");
     read_bw = cuda::measure_read_bandwidth(0);
+    // One GPU at batch 1: also the floor of an engine that reads each matrix with a kernel of its own.
+    if (!split && f.batch == 1) floor_s = cuda::measure_read_seconds(0, cost.products);
     std::string why;
     fma_peak = cuda::TensorCoreGemm::measure_bf16_flops(0, &why);  // 0 without cuBLAS
     if (fma_peak == 0) log_info("bench: no bf16 FLOP/s ceiling: {}", why);
@@ -191,6 +201,7 @@ void run_bench(BenchFlags& f) {
                       {"decode_bytes_per_token", bytes_per_token},
                       {"decode_bytes_s", decode_bw},
                       {"decode_fraction_of_read_bandwidth", decode_bw / read_bw},
+                      {"decode_floor_tok_s", floor_s > 0 ? nlohmann::json(1 / floor_s) : nlohmann::json(nullptr)},
                       {"comm_share", comm_share},
                       {"longest_step_s", longest_step},
                       {"repeats", f.repeats}};
@@ -211,7 +222,11 @@ void run_bench(BenchFlags& f) {
   if (f.batch == 1)
     fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
                decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
-  else
+  if (floor_s > 0)
+    fmt::print("decode floor     {:.2f} tok/s: the step's {} matrices each read by a kernel of its own, back to back "
+               "({:.0f}% of read bandwidth); decode at {:.0f}% of it\n",
+               1 / floor_s, cost.products.size(), 100 * bytes_per_token / floor_s / read_bw, 100 * decode_tok_s * floor_s);
+  if (f.batch != 1)
     fmt::print("decode, batch {}  {:.2f} tok/s aggregate; {:.1f} steps/s stream {:.1f} GB/s of weights = {:.0f}% of read "
                "bandwidth (median of {})\n",
                f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);

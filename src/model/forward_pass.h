@@ -19,10 +19,14 @@ struct Segment {
 };
 
 // Rows of x that a caller reads after run_layers: every row (a stage that hands x on), or only
-// `rows` (the last stage's sampled ones: a GPU then copies back just those).
+// `rows` (the last stage's sampled ones: a GPU then copies back just those). With `head_only` the
+// caller reads them only through head() or head_argmax() on the same x, called next: a GPU may then
+// leave them on the device (x's rows unwritten) and queue the head behind the layers without
+// waiting for them.
 struct RowsRead {
   bool all = true;
   std::span<const int64_t> rows;
+  bool head_only = false;
 };
 
 // Checks each segment's positions against the model and reserves them in the cache (shared by

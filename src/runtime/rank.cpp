@@ -226,16 +226,25 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
   if (stage_ != 0 && host_hand_off)
     timed([&] { world_.recv(plan_.rank_of(stage_ - 1, tp_rank_), x_.data(), x_floats * 4); });
   // A stage that hands x on through the host reads all of it; the last one only its sampled rows.
-  const RowsRead read = stage_ == last_stage_ ? RowsRead{false, rows_} : host_hand_off ? RowsRead{} : RowsRead{false, {}};
+  // The last stage's sampled rows go to the earlier stages that hold a slice of the head, if any;
+  // else only this rank's head reads them (a GPU keeps them on the device).
+  bool earlier_heads = false;
+  for (int s = 0; s < last_stage_; ++s) earlier_heads |= plan_.holds_head(plan_.rank_of(s, tp_rank_));
+  const bool head_only = !earlier_heads && plan_.holds_head(world_.rank());
+  const RowsRead read = stage_ == last_stage_ ? RowsRead{false, rows_, head_only}
+                        : host_hand_off       ? RowsRead{}
+                                              : RowsRead{false, {}};
   transformer_->run_layers(stage_ == 0 ? ids : nullptr, x_.data(), segments_, *cache_, read);
   if (stage_ < last_stage_) {
     if (host_hand_off) timed([&] { world_.send(plan_.rank_of(stage_ + 1, tp_rank_), x_.data(), x_floats * 4); });
     if (!rows_.empty() && plan_.holds_head(world_.rank())) pending_heads_.push_back({int64_t(rows_.size()), greedy});
   } else if (!rows_.empty()) {
     // The sampled rows' final activations to the earlier stages' head rows, then this rank's own.
-    final_rows_.resize(rows_.size() * size_t(H));
-    for (size_t i = 0; i < rows_.size(); ++i)
-      std::copy_n(x_.data() + rows_[i] * H, H, final_rows_.data() + i * size_t(H));
+    if (earlier_heads) {
+      final_rows_.resize(rows_.size() * size_t(H));
+      for (size_t i = 0; i < rows_.size(); ++i)
+        std::copy_n(x_.data() + rows_[i] * H, H, final_rows_.data() + i * size_t(H));
+    }
     for (int s = 0; s < last_stage_; ++s)
       if (plan_.holds_head(plan_.rank_of(s, tp_rank_)))
         timed([&] { world_.send(plan_.rank_of(s, tp_rank_), final_rows_.data(), final_rows_.size() * 4); });

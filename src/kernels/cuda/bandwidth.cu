@@ -1,8 +1,11 @@
-// The read-bandwidth probe behind `bench --device cuda`: every thread sums 16-byte loads in a
-// grid-stride loop, one float per block is written so the reads cannot be dropped.
+// The read-bandwidth probes behind `bench --device cuda` (the ceiling, and the floor of a step that
+// reads each matrix with a kernel of its own): every thread sums 16-byte loads in a grid-stride
+// loop, one float per block is written so the reads cannot be dropped.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <vector>
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
@@ -23,24 +26,56 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) detail::fail_with(what);
 }
 
+// A probe's buffer on `device` (set to ones) and the blocks' outputs, freed when it goes.
+struct ReadProbe {
+  void* data = nullptr;
+  float* out = nullptr;
+  unsigned blocks = 0;
+  ReadProbe(int device, size_t bytes) {
+    check(cudaSetDevice(device), "CUDA bandwidth probe: cudaSetDevice failed");
+    check(cudaMalloc(&data, bytes), "CUDA bandwidth probe: cannot allocate its buffer");
+    check(cudaMalloc(&out, 4096 * sizeof(float)), "CUDA bandwidth probe: cannot allocate its output");
+    check(cudaMemset(data, 1, bytes), "CUDA bandwidth probe: cudaMemset failed");
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    blocks = unsigned(std::min(4096, sms * 8));
+  }
+  ~ReadProbe() {
+    cudaFree(data);
+    cudaFree(out);
+  }
+  // One kernel reading `count` 16-byte words from word `first` on.
+  void read(size_t first, size_t count) const {
+    read_kernel<<<blocks, 512>>>(static_cast<const uint4*>(data) + first, count, out);
+  }
+};
+
 }  // namespace
 
 double measure_read_bandwidth(int device, size_t bytes) {
-  check(cudaSetDevice(device), "CUDA bandwidth probe: cudaSetDevice failed");
-  void* data = nullptr;
-  float* out = nullptr;
-  check(cudaMalloc(&data, bytes), "CUDA bandwidth probe: cannot allocate its buffer");
-  check(cudaMalloc(&out, 4096 * sizeof(float)), "CUDA bandwidth probe: cannot allocate its output");
-  check(cudaMemset(data, 1, bytes), "CUDA bandwidth probe: cudaMemset failed");
-  int sms = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const unsigned blocks = unsigned(std::min(4096, sms * 8));
-  const double seconds = detail::median_seconds(nullptr, 5, [&] {
-    read_kernel<<<blocks, 512>>>(static_cast<const uint4*>(data), bytes / 16, out);
-  });
-  cudaFree(data);
-  cudaFree(out);
-  return double(bytes) / seconds;
+  const ReadProbe probe(device, bytes);
+  return double(bytes) / detail::median_seconds(nullptr, 5, [&] { probe.read(0, bytes / 16); });
+}
+
+double measure_read_seconds(int device, const std::vector<size_t>& sizes) {
+  if (sizes.empty()) return 0;
+  // Room for at least two of the largest read, and for many small ones: each launch reads the next
+  // region, so that L2 (50-60 MB) holds none of it from the launch before.
+  const size_t largest = *std::max_element(sizes.begin(), sizes.end());
+  const size_t bytes = std::max(2 * (largest / 16 + 1) * 16, size_t(1) << 30);
+  const ReadProbe probe(device, bytes);
+  std::map<size_t, double> seconds;  // each size once: a model's layers repeat theirs
+  for (size_t size : sizes) {
+    if (seconds.count(size) || size < 16) continue;
+    const size_t n = size / 16, regions = bytes / (n * 16);
+    const int launches = int(std::min<size_t>(64, std::max<size_t>(regions, 8)));
+    seconds[size] = detail::median_seconds(nullptr, 5, [&] {
+      for (int i = 0; i < launches; ++i) probe.read(size_t(i) % regions * n, n);
+    }) / launches;
+  }
+  double total = 0;
+  for (size_t size : sizes) total += size < 16 ? 0 : seconds[size];
+  return total;
 }
 
 }  // namespace shardlm::cuda

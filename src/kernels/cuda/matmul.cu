@@ -4,8 +4,10 @@
 // lane keeps two batches of 16-byte loads in flight (read past L1, which keeps x), and the
 // slices' sums meet in shared memory, where the epilogue also splits a stacked q|k|v product into
 // its three outputs or applies SwiGLU to (gate, up) row pairs. Rows of x go in passes of R (1, 2,
-// 4 or 8, templated so one row needs few registers and the SM holds many warps). Prefill's many
-// rows go to the tensor cores instead (tensor_core_gemm.h).
+// 4 or 8, templated so one row needs few registers and the SM holds many warps). Two products of
+// which the second reads the first's output (gate|up, then down) can share a launch, a grid-wide
+// barrier between them (matmul_pair). Prefill's many rows go to the tensor cores instead
+// (tensor_core_gemm.h).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -171,40 +173,58 @@ struct Cursor {
   }
 };
 
+// One product's weights as a kernel walks them (the arguments of a launch).
+struct Product {
+  const float* x;
+  int64_t M;
+  const void* weights;
+  int64_t N, K, row_bytes;
+  Epilogue out;
+  int rows_per_block;
+};
+
+// A block's walk through one product: groups of rows (grid-stride), passes over x's rows, batches
+// of U loads of each warp's slice of a row, in that nesting; every warp of a block walks the same
+// sequence, so they meet at each (group, pass)'s epilogue. Blocks stay resident and walk the
+// groups of rows, as a bandwidth probe does: no waves of short-lived blocks. Loads are double-
+// buffered: the next batch is in flight while this one is summed, across the ends of rows and
+// groups too, so the epilogue's barriers never leave a warp with nothing in flight.
 template <class W, int R, int U>  // R rows of x per pass, U loads per batch per lane
-__global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, int64_t M, const void* weights, int64_t N,
-                                                             int64_t K, int64_t row_bytes, Epilogue out,
-                                                             int rows_per_block) {
+struct Walk {
   using Raw = typename W::Raw;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int slices = kWarps / rows_per_block, slice = warp / rows_per_block;
-  // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
-  const int64_t span = (K + slices * kLaneElements - 1) / (slices * kLaneElements) * kLaneElements;
-  const int64_t k_lane = slice * span + lane * kLaneElements, k_end = min(K, slice * span + span);
-  const int batches = int((span + U * kWarpElements - 1) / (U * kWarpElements));
-  const int passes = int((M + R - 1) / R);
-  // Blocks stay resident and walk the groups of rows (grid-stride), as a bandwidth probe does:
-  // no waves of short-lived blocks. Loads are double-buffered: the next batch is in flight while
-  // this one is summed, across the ends of rows and groups too, so the epilogue's barriers never
-  // leave a warp with nothing in flight.
-  const int64_t groups = (N + rows_per_block - 1) / rows_per_block;
-  if (blockIdx.x >= groups) return;
-  auto row_of = [&](const Cursor& c) { return c.group * rows_per_block + warp % rows_per_block; };
-  auto issue = [&](Raw(&w)[U], const Cursor& c) {
+  const Product& p;
+  int warp, lane, slices, slice, batches, passes;
+  int64_t k_lane, k_end, groups;
+
+  __device__ explicit Walk(const Product& product) : p(product) {
+    warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    slices = kWarps / p.rows_per_block, slice = warp / p.rows_per_block;
+    // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
+    const int64_t span = (p.K + slices * kLaneElements - 1) / (slices * kLaneElements) * kLaneElements;
+    k_lane = slice * span + lane * kLaneElements, k_end = min(p.K, slice * span + span);
+    batches = int((span + U * kWarpElements - 1) / (U * kWarpElements));
+    passes = int((p.M + R - 1) / R);
+    groups = (p.N + p.rows_per_block - 1) / p.rows_per_block;
+  }
+  __device__ bool has_work() const { return blockIdx.x < groups; }
+  __device__ Cursor start() const { return {blockIdx.x, 0, 0}; }
+  __device__ void next(Cursor& c) const { c.next(passes, batches, gridDim.x); }
+  __device__ int64_t row_of(const Cursor& c) const { return c.group * p.rows_per_block + warp % p.rows_per_block; }
+
+  __device__ void issue(Raw (&w)[U], const Cursor& c) const {
     const int64_t n = row_of(c);
-    if (c.group >= groups || n >= N) return;
-    const void* row = static_cast<const uint8_t*>(weights) + n * row_bytes;
+    if (c.group >= groups || n >= p.N) return;
+    const void* row = static_cast<const uint8_t*>(p.weights) + n * p.row_bytes;
     const int64_t k0 = k_lane + int64_t(c.batch) * U * kWarpElements;
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (k0 + u * kWarpElements < k_end) w[u] = W::load(row, k0 + u * kWarpElements);
-  };
-  __shared__ float sums[kWarps][R];
-  float acc[R] = {};
-  auto consume = [&](const Raw(&w)[U], const Cursor& c) {
+  }
+
+  __device__ void consume(const Raw (&w)[U], const Cursor& c, float (&acc)[R], float (*sums)[R]) const {
     const int64_t n = row_of(c), m0 = int64_t(c.pass) * R;
-    const int rows = int(M - m0 < R ? M - m0 : R);
-    if (n < N) {
+    const int rows = int(p.M - m0 < R ? p.M - m0 : R);
+    if (n < p.N) {
       const int64_t k0 = k_lane + int64_t(c.batch) * U * kWarpElements;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -213,7 +233,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, 
 #pragma unroll
         for (int m = 0; m < R; ++m) {
           if (m >= rows) break;
-          const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * K + k);
+          const float4* xp = reinterpret_cast<const float4*>(p.x + (m0 + m) * p.K + k);
           const float4 a = xp[0], b = xp[1];
           acc[m] += W::dot(w[u], a, b);
         }
@@ -229,40 +249,107 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const float* x, 
       acc[m] = 0;
     }
     __syncthreads();
-    if (threadIdx.x < rows_per_block * R) {  // one thread per (weight row, row of x)
-      const int r = threadIdx.x % rows_per_block, m = threadIdx.x / rows_per_block;
-      const int64_t out_n = c.group * rows_per_block + r;
+    const int per_block = p.rows_per_block;
+    if (threadIdx.x < per_block * R) {  // one thread per (weight row, row of x)
+      const int r = threadIdx.x % per_block, m = threadIdx.x / per_block;
+      const int64_t out_n = c.group * per_block + r;
       auto total = [&](int row) {
         float t = 0;
-        for (int sl = 0; sl < slices; ++sl) t += sums[sl * rows_per_block + row][m];
+        for (int sl = 0; sl < slices; ++sl) t += sums[sl * per_block + row][m];
         return t;
       };
-      if (out_n < N && m < rows) {
-        if (!out.swiglu) {
-          out.store(m0 + m, out_n, total(r));
+      if (out_n < p.N && m < rows) {
+        if (!p.out.swiglu) {
+          p.out.store(m0 + m, out_n, total(r));
         } else if (r % 2 == 0) {  // rows_per_block is even: the pair's up row is r + 1
           const float gate = total(r), up = total(r + 1);
-          out.parts[0][(m0 + m) * (N / 2) + out_n / 2] = gate / (1.0f + expf(-gate)) * up;
+          p.out.parts[0][(m0 + m) * (p.N / 2) + out_n / 2] = gate / (1.0f + expf(-gate)) * up;
         }
       }
     }
     __syncthreads();  // sums is rewritten by the next epilogue
-  };
-  Raw a[U], b[U];
-  Cursor load{blockIdx.x, 0, 0}, sum = load;
+  }
+
+  // The rest of the walk, its first batch already issued into `a` (at `load`, one ahead of `sum`).
+  __device__ void finish(Raw (&a)[U], Cursor load, float (*sums)[R]) const {
+    Raw b[U];
+    Cursor sum = start();
+    float acc[R] = {};
+    for (;;) {
+      issue(b, load), next(load);
+      consume(a, sum, acc, sums), next(sum);
+      if (sum.group >= groups) break;
+      issue(a, load), next(load);
+      consume(b, sum, acc, sums), next(sum);
+      if (sum.group >= groups) break;
+    }
+  }
+};
+
+template <class W, int R, int U>
+__global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_constant__ Product product) {
+  const Walk<W, R, U> walk(product);
+  __shared__ float sums[kWarps][R];
+  if (!walk.has_work()) return;
+  typename W::Raw a[U];
+  Cursor load = walk.start();
   // While the kernel before may still be writing x (overlap.cuh): the first batch's weights. (Also
   // pulling the block's next 48 KB into L2 with prefetches measured 6% slower on the 8b preset.)
   detail::let_next_start();
-  issue(a, load), load.next(passes, batches, gridDim.x);
+  walk.issue(a, load), walk.next(load);
   detail::wait_for_previous();
-  for (;;) {
-    issue(b, load), load.next(passes, batches, gridDim.x);
-    consume(a, sum), sum.next(passes, batches, gridDim.x);
-    if (sum.group >= groups) break;
-    issue(a, load), load.next(passes, batches, gridDim.x);
-    consume(b, sum), sum.next(passes, batches, gridDim.x);
-    if (sum.group >= groups) break;
+  walk.finish(a, load, sums);
+}
+
+// Every block of the grid meets here (all are resident: the grid is no larger than the GPU
+// holds), and sees what every block wrote before it. The last to arrive sets the count back to 0
+// and opens the next generation, so the barrier is ready for the next launch.
+struct GridBarrier {
+  unsigned count, generation;
+};
+__device__ GridBarrier pair_barrier;  // zero at load; one stream per process uses it at a time
+
+__device__ void grid_sync(GridBarrier& b) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned generation;
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(generation) : "l"(&b.generation) : "memory");
+    __threadfence();  // this block's writes before its arrival
+    if (atomicAdd(&b.count, 1u) == gridDim.x - 1) {
+      b.count = 0;
+      asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(&b.generation), "r"(generation + 1) : "memory");
+    } else {
+      unsigned now = generation;
+      while (now == generation)
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(&b.generation) : "memory");
+    }
   }
+  __syncthreads();
+}
+
+// Two products in one launch, the second reading what the first writes (SwiGLU's output, then
+// down): a grid-wide barrier between them instead of a kernel boundary, with each block's first
+// weights of the second already in flight when it arrives there. Separate kernels pay each
+// product's start and drain (the 1b preset's gate|up and down: 18.3 + 11.0 us to read their bytes
+// with a kernel each, 25 us in one).
+template <class W, int R, int U>
+__global__ void __launch_bounds__(32 * kWarps, 4) matmul_pair_kernel(const __grid_constant__ Product first,
+                                                                        const __grid_constant__ Product second) {
+  __shared__ float sums[kWarps][R];
+  typename W::Raw a[U];
+  {
+    const Walk<W, R, U> one(first);
+    Cursor load = one.start();
+    detail::let_next_start();
+    if (one.has_work()) one.issue(a, load), one.next(load);
+    detail::wait_for_previous();
+    if (one.has_work()) one.finish(a, load, sums);
+  }
+  const Walk<W, R, U> two(second);
+  Cursor load = two.start();
+  if (two.has_work()) two.issue(a, load), two.next(load);
+  grid_sync(pair_barrier);
+  if (two.has_work()) two.finish(a, load, sums);
 }
 
 // One thread per 8 weights: widened to f32 as the matrix-vector kernel does, rounded to f16.
@@ -292,35 +379,63 @@ __global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, co
   x[2 * i + 1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
+// Loads per batch: two batches in flight take 2U registers' worth of raw weights.
 template <class W>
-void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, Stream s) {
-  // Loads per batch: two batches in flight take 2U registers' worth of raw weights.
-  constexpr int kU = sizeof(typename W::Raw) > 16 ? 2 : 4;
+constexpr int kLoads = sizeof(typename W::Raw) > 16 ? 2 : 4;
+
+// The launch arguments of y = x W^T for the streaming kernels.
+template <class W>
+Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out) {
   // Rows per block: as many as keep about 1024 groups (8 per SM), so wide matrices give each warp
   // a long stretch of one row and narrow ones split their rows over more warps; but no fewer than
   // leave each warp's slice a whole batch of loads (1b preset: +3% decode; 512 or 2048 groups
   // measured slower on the 8b one). SwiGLU's pairs need at least 2.
-  const int64_t fewest = std::max<int64_t>(out.swiglu ? 2 : 1, kWarps * kU * kWarpElements / w.cols);
+  const int64_t fewest = std::max<int64_t>(out.swiglu ? 2 : 1, kWarps * kLoads<W> * kWarpElements / w.cols);
   int rows_per_block = kWarps;
   while (rows_per_block / 2 >= fewest && w.rows / rows_per_block < 1024) rows_per_block /= 2;
-  const auto args = [&](auto kernel) {
-    // As many blocks as fit on the GPU at once (each walks several groups of rows), at most one per group.
-    static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
-    if (resident == 0) {
-      int device = 0, sms = 0, per_sm = 0;
-      cudaGetDevice(&device);
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, 0);
-      resident = std::max(1, sms * per_sm);
-    }
-    const unsigned blocks = unsigned(std::min<int64_t>(resident, (w.rows + rows_per_block - 1) / rows_per_block));
-    detail::launch_overlapping("matmul", kernel, blocks, 32 * kWarps, s, x, M, w.data, w.rows, w.cols,
-                               dtype_bytes(w.dtype, w.cols), out, rows_per_block);
-  };
-  if (M == 1) args(matmul_kernel<W, 1, kU>);
-  else if (M == 2) args(matmul_kernel<W, 2, kU / 2>);
-  else if (M <= 4) args(matmul_kernel<W, 4, 1>);
-  else args(matmul_kernel<W, 8, 1>);
+  return {x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), out, rows_per_block};
+}
+
+// Launches K::kernel (a matmul_kernel or matmul_pair_kernel) with as many blocks as fit on the GPU
+// at once (each walks several groups of rows), at most `most`.
+template <class K, class... Args>
+void launch_resident(const char* name, K, int64_t most, Stream s, Args... args) {
+  constexpr auto kernel = K::kernel;
+  static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
+  if (resident == 0) {
+    int device = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, 0);
+    resident = std::max(1, sms * per_sm);
+  }
+  detail::launch_overlapping(name, kernel, unsigned(std::min<int64_t>(resident, most)), 32 * kWarps, s, args...);
+}
+
+int64_t groups_of(const Product& p) { return (p.N + p.rows_per_block - 1) / p.rows_per_block; }
+
+// Calls f(kernel template instance) for M rows of x: R rows per pass and U loads per batch.
+template <class W, template <class, int, int> class Kernel, class F>
+void with_rows(int64_t M, F&& f) {
+  constexpr int U = kLoads<W>;
+  if (M == 1) f(Kernel<W, 1, U>{});
+  else if (M == 2) f(Kernel<W, 2, U / 2>{});
+  else if (M <= 4) f(Kernel<W, 4, 1>{});
+  else f(Kernel<W, 8, 1>{});
+}
+template <class W, int R, int U>
+struct Single {
+  static constexpr auto kernel = matmul_kernel<W, R, U>;
+};
+template <class W, int R, int U>
+struct Pair {
+  static constexpr auto kernel = matmul_pair_kernel<W, R, U>;
+};
+
+template <class W>
+void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, Stream s) {
+  const Product p = product_of<W>(x, M, w, out);
+  with_rows<W, Single>(M, [&](auto k) { launch_resident("matmul", k, groups_of(p), s, p); });
 }
 
 // Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
@@ -342,8 +457,10 @@ void with_row_type(DType dtype, F&& f) {
 
 }  // namespace
 
-void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s) {
-  if (M == 0 || w.rows == 0) return;
+namespace {
+
+// The epilogue of `out`, checked against the matrix.
+Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
   char why[160];
   if (w.cols % 8 != 0) {
     std::snprintf(why, sizeof why, "CUDA matmul: %lld columns is not a multiple of 8", (long long)w.cols);
@@ -361,7 +478,34 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput
     std::snprintf(why, sizeof why, "CUDA matmul: outputs do not match the %lld rows of the matrix", (long long)w.rows);
     detail::fail_with(why);
   }
+  return e;
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s) {
+  if (M == 0 || w.rows == 0) return;
+  const Epilogue e = epilogue_of(w, out);
   with_row_type(w.dtype, [&](auto row) { launch<decltype(row)>(x, M, w, e, s); });
+}
+
+void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const MatmulOutput& out1, const float* x2,
+                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s) {
+  if (M == 0) return;
+  if (w1.dtype != w2.dtype || w1.rows == 0 || w2.rows == 0) {  // one kernel streams one row type
+    matmul(x, M, w1, out1, s);
+    matmul(x2, M, w2, out2, s);
+    return;
+  }
+  const Epilogue e1 = epilogue_of(w1, out1), e2 = epilogue_of(w2, out2);
+  with_row_type(w1.dtype, [&](auto row) {
+    using W = decltype(row);
+    const Product p1 = product_of<W>(x, M, w1, e1), p2 = product_of<W>(x2, M, w2, e2);
+    // Every block takes part in the barrier, so the grid is as large as the GPU holds.
+    with_rows<W, Pair>(M, [&](auto k) {
+      launch_resident("matmul pair", k, std::max(groups_of(p1), groups_of(p2)), s, p1, p2);
+    });
+  });
 }
 
 void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {

@@ -9,6 +9,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -69,6 +70,12 @@ struct MatmulOutput {
   bool accumulate = false, swiglu = false;
 };
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s);
+// matmul(x, w1, out1) then matmul(x2, w2, out2), where x2 is what the first writes (a decode
+// step's SwiGLU output, then down), in one launch: the second's first weights are read while the
+// first drains, with a grid-wide barrier between them instead of a kernel boundary. Weights of two
+// dtypes take two launches.
+void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const MatmulOutput& out1, const float* x2,
+                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s);
 // x [n][table.cols] = rows ids[0..n) of `table` (the embedding) widened to f32 as matmul reads
 // them. The ids must be rows of the table: the caller checks them.
 void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s);
@@ -156,6 +163,11 @@ namespace shardlm::cuda {
 // The ceiling of a decode step: bytes/s that a kernel reading `bytes` of device memory (and
 // writing almost nothing) sustains on `device`, the median of 5 timed passes after a warm-up.
 double measure_read_bandwidth(int device, size_t bytes = size_t(2) << 30);
+// The floor of a decode step whose matrix products each stream their weights with a kernel of
+// their own: the seconds that reading each of `sizes` bytes once takes (the same read kernel,
+// launched back to back over distinct buffers so that no read hits L2), summed. Small reads do not
+// reach the bandwidth above: each kernel's start and drain cost a few microseconds.
+double measure_read_seconds(int device, const std::vector<size_t>& sizes);
 // "NVIDIA H200, 132 SMs, 139.8 GB".
 std::string device_name(int device);
 
