@@ -32,21 +32,28 @@ struct ReadProbe {
   float* out = nullptr;
   unsigned blocks = 0;
   ReadProbe(int device, size_t bytes) {
-    check(cudaSetDevice(device), "CUDA bandwidth probe: cudaSetDevice failed");
-    check(cudaMalloc(&data, bytes), "CUDA bandwidth probe: cannot allocate its buffer");
-    check(cudaMalloc(&out, 4096 * sizeof(float)), "CUDA bandwidth probe: cannot allocate its output");
-    check(cudaMemset(data, 1, bytes), "CUDA bandwidth probe: cudaMemset failed");
+    try {
+      check(cudaSetDevice(device), "CUDA bandwidth probe: cudaSetDevice failed");
+      check(cudaMalloc(&data, bytes), "CUDA bandwidth probe: cannot allocate its buffer");
+      check(cudaMalloc(&out, 4096 * sizeof(float)), "CUDA bandwidth probe: cannot allocate its output");
+      check(cudaMemset(data, 1, bytes), "CUDA bandwidth probe: cudaMemset failed");
+    } catch (...) {
+      free();
+      throw;
+    }
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     blocks = unsigned(std::min(4096, sms * 8));
   }
-  ~ReadProbe() {
+  ~ReadProbe() { free(); }
+  void free() {
     cudaFree(data);
     cudaFree(out);
+    data = out = nullptr;
   }
   // One kernel reading `count` 16-byte words from word `first` on.
-  void read(size_t first, size_t count) const {
-    read_kernel<<<blocks, 512>>>(static_cast<const uint4*>(data) + first, count, out);
+  void read(size_t first, size_t count, cudaStream_t s = nullptr) const {
+    read_kernel<<<blocks, 512, 0, s>>>(static_cast<const uint4*>(data) + first, count, out);
   }
 };
 
@@ -59,20 +66,36 @@ double measure_read_bandwidth(int device, size_t bytes) {
 
 double measure_read_seconds(int device, const std::vector<size_t>& sizes) {
   if (sizes.empty()) return 0;
-  // Room for at least two of the largest read, and for many small ones: each launch reads the next
-  // region, so that L2 (50-60 MB) holds none of it from the launch before.
+  // Room for many small reads, each launch reading the next region, so that L2 (50-60 MB) holds
+  // none of it from the launch before; a read of over half the buffer (512 MB and more) rereads
+  // one region, which passes through L2 too fast to find itself there.
   const size_t largest = *std::max_element(sizes.begin(), sizes.end());
-  const size_t bytes = std::max(2 * (largest / 16 + 1) * 16, size_t(1) << 30);
+  const size_t bytes = std::max((largest + 15) / 16 * 16, size_t(1) << 30);
   const ReadProbe probe(device, bytes);
+  // The launches of each size captured in a CUDA graph, as a decode step's are: the GPU's time
+  // between them, not the host's.
+  cudaStream_t stream = nullptr;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "CUDA bandwidth probe: cannot create a stream");
   std::map<size_t, double> seconds;  // each size once: a model's layers repeat theirs
+  cudaError_t failed = cudaSuccess;
   for (size_t size : sizes) {
-    if (seconds.count(size) || size < 16) continue;
+    if (seconds.count(size) || size < 16 || failed != cudaSuccess) continue;
     const size_t n = size / 16, regions = bytes / (n * 16);
     const int launches = int(std::min<size_t>(64, std::max<size_t>(regions, 8)));
-    seconds[size] = detail::median_seconds(nullptr, 5, [&] {
-      for (int i = 0; i < launches; ++i) probe.read(size_t(i) % regions * n, n);
-    }) / launches;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    failed = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    if (failed != cudaSuccess) break;
+    for (int i = 0; i < launches; ++i) probe.read(size_t(i) % regions * n, n, stream);
+    failed = cudaStreamEndCapture(stream, &graph);
+    if (failed == cudaSuccess) failed = cudaGraphInstantiate(&exec, graph, 0);
+    if (failed == cudaSuccess)
+      seconds[size] = detail::median_seconds(stream, 5, [&] { cudaGraphLaunch(exec, stream); }) / launches;
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
   }
+  cudaStreamDestroy(stream);
+  check(failed, "CUDA bandwidth probe: cannot capture its reads in a graph");
   double total = 0;
   for (size_t size : sizes) total += size < 16 ? 0 : seconds[size];
   return total;

@@ -303,11 +303,20 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_con
 
 // Every block of the grid meets here (all are resident: the grid is no larger than the GPU
 // holds), and sees what every block wrote before it. The last to arrive sets the count back to 0
-// and opens the next generation, so the barrier is ready for the next launch.
+// and opens the next generation, so the barrier is ready for the next launch. One stream of one
+// process uses it at a time (a process runs one rank). Should the blocks ever not all fit at once
+// (another kernel beside this one, as under MPS), a block that has waited 10 s ends the kernel
+// with an error rather than leave the step hanging.
 struct GridBarrier {
   unsigned count, generation;
 };
-__device__ GridBarrier pair_barrier;  // zero at load; one stream per process uses it at a time
+__device__ GridBarrier pair_barrier;  // zero at load
+
+__device__ __forceinline__ uint64_t nanoseconds() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 __device__ void grid_sync(GridBarrier& b) {
   __syncthreads();
@@ -315,13 +324,18 @@ __device__ void grid_sync(GridBarrier& b) {
     unsigned generation;
     asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(generation) : "l"(&b.generation) : "memory");
     __threadfence();  // this block's writes before its arrival
-    if (atomicAdd(&b.count, 1u) == gridDim.x - 1) {
+    const bool last = atomicAdd(&b.count, 1u) == gridDim.x - 1;
+    __threadfence();  // the others' writes (fenced before their arrivals) after it, as grid.sync() does
+    if (last) {
       b.count = 0;
       asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(&b.generation), "r"(generation + 1) : "memory");
     } else {
+      const uint64_t since = nanoseconds();
       unsigned now = generation;
-      while (now == generation)
+      while (now == generation) {
         asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(&b.generation) : "memory");
+        if (nanoseconds() - since > 10'000'000'000ull) __trap();
+      }
     }
   }
   __syncthreads();

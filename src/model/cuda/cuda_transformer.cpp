@@ -552,7 +552,9 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   // Consecutive rows that only the head reads stay here: the head's kernels queue behind the
   // layers' with no wait and no trip through the host in between (1b preset, one H200: decode
   // 911-914 -> 925-936 tok/s).
-  if (read.head_only && !read.all && last - first + 1 == int64_t(read.rows.size())) {
+  bool consecutive = !read.all && !read.rows.empty();
+  for (size_t i = 0; consecutive && i < read.rows.size(); ++i) consecutive = read.rows[i] == first + int64_t(i);
+  if (read.head_only && consecutive) {
     d.kept_for = x, d.kept_rows = dx + first * H, d.kept_first = first, d.kept_count = last - first + 1;
     return;
   }
