@@ -79,20 +79,22 @@ double measure_read_seconds(int device, const std::vector<size_t>& sizes) {
   std::map<size_t, double> seconds;  // each size once: a model's layers repeat theirs
   cudaError_t failed = cudaSuccess;
   for (size_t size : sizes) {
-    if (seconds.count(size) || size < 16 || failed != cudaSuccess) continue;
+    if (seconds.count(size) || size < 16) continue;
     const size_t n = size / 16, regions = bytes / (n * 16);
     const int launches = int(std::min<size_t>(64, std::max<size_t>(regions, 8)));
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     failed = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
-    if (failed != cudaSuccess) break;
-    for (int i = 0; i < launches; ++i) probe.read(size_t(i) % regions * n, n, stream);
-    failed = cudaStreamEndCapture(stream, &graph);
+    if (failed == cudaSuccess) {
+      for (int i = 0; i < launches; ++i) probe.read(size_t(i) % regions * n, n, stream);
+      failed = cudaStreamEndCapture(stream, &graph);
+    }
     if (failed == cudaSuccess) failed = cudaGraphInstantiate(&exec, graph, 0);
     if (failed == cudaSuccess)
       seconds[size] = detail::median_seconds(stream, 5, [&] { cudaGraphLaunch(exec, stream); }) / launches;
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
+    if (failed != cudaSuccess) break;
   }
   cudaStreamDestroy(stream);
   check(failed, "CUDA bandwidth probe: cannot capture its reads in a graph");

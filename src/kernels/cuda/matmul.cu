@@ -182,6 +182,8 @@ struct Product {
   Epilogue out;
   int rows_per_block;
 };
+// Groups of rows_per_block rows: the units blocks take in turn (grid-stride).
+__host__ __device__ inline int64_t groups_of(const Product& p) { return (p.N + p.rows_per_block - 1) / p.rows_per_block; }
 
 // A block's walk through one product: groups of rows (grid-stride), passes over x's rows, batches
 // of U loads of each warp's slice of a row, in that nesting; every warp of a block walks the same
@@ -204,7 +206,7 @@ struct Walk {
     k_lane = slice * span + lane * kLaneElements, k_end = min(p.K, slice * span + span);
     batches = int((span + U * kWarpElements - 1) / (U * kWarpElements));
     passes = int((p.M + R - 1) / R);
-    groups = (p.N + p.rows_per_block - 1) / p.rows_per_block;
+    groups = groups_of(p);
   }
   __device__ bool has_work() const { return blockIdx.x < groups; }
   __device__ Cursor start() const { return {blockIdx.x, 0, 0}; }
@@ -426,8 +428,6 @@ void launch_resident(const char* name, K, int64_t most, Stream s, Args... args) 
   detail::launch_overlapping(name, kernel, unsigned(std::min<int64_t>(resident, most)), 32 * kWarps, s, args...);
 }
 
-int64_t groups_of(const Product& p) { return (p.N + p.rows_per_block - 1) / p.rows_per_block; }
-
 // Calls f(kernel template instance) for M rows of x: R rows per pass and U loads per batch.
 template <class W, template <class, int, int> class Kernel, class F>
 void with_rows(int64_t M, F&& f) {
@@ -468,10 +468,6 @@ void with_row_type(DType dtype, F&& f) {
       return f(Q4Row{});
   }
 }
-
-}  // namespace
-
-namespace {
 
 // The epilogue of `out`, checked against the matrix.
 Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
@@ -515,7 +511,7 @@ void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const Matmul
   with_row_type(w1.dtype, [&](auto row) {
     using W = decltype(row);
     const Product p1 = product_of<W>(x, M, w1, e1), p2 = product_of<W>(x2, M, w2, e2);
-    // Every block takes part in the barrier, so the grid is as large as the GPU holds.
+    // Every block meets the others at the barrier, so the grid is no larger than the GPU holds at once.
     with_rows<W, Pair>(M, [&](auto k) {
       launch_resident("matmul pair", k, std::max(groups_of(p1), groups_of(p2)), s, p1, p2);
     });

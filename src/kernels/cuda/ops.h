@@ -165,8 +165,9 @@ namespace shardlm::cuda {
 double measure_read_bandwidth(int device, size_t bytes = size_t(2) << 30);
 // The floor of a decode step whose matrix products each stream their weights with a kernel of
 // their own: the seconds that reading each of `sizes` bytes once takes (the same read kernel,
-// launched back to back over distinct buffers so that no read hits L2), summed. Small reads do not
-// reach the bandwidth above: each kernel's start and drain cost a few microseconds.
+// launched back to back from a CUDA graph over regions that L2 does not hold from the launch
+// before), summed. Small reads do not reach the bandwidth above: each kernel's start and drain
+// cost a few microseconds.
 double measure_read_seconds(int device, const std::vector<size_t>& sizes);
 // "NVIDIA H200, 132 SMs, 139.8 GB".
 std::string device_name(int device);

@@ -572,9 +572,9 @@ void CudaTransformer::head_on_device(const float* x, std::span<const int64_t> ro
   const int64_t H = c.hidden_size, m = int64_t(rows.size()), V = local_vocab();
   const float* in = d.kept_rows;  // the rows the step left on the device, else uploaded
   if (x == d.kept_for) {
-    for (int64_t i = 0; i < m; ++i)
-      SHARDLM_CHECK(rows[size_t(i)] == d.kept_first + i && m == d.kept_count,
-                    "internal: the head reads rows other than the step left on the device");
+    bool same = m == d.kept_count;
+    for (int64_t i = 0; same && i < m; ++i) same = rows[size_t(i)] == d.kept_first + i;
+    SHARDLM_CHECK(same, "internal: the head reads rows other than the step left on the device");
     d.kept_for = nullptr;
     d.head_x.grow(size_t(m * H) * 4);
   } else {
