@@ -181,6 +181,8 @@ struct Product {
   int64_t N, K, row_bytes;
   Epilogue out;
   int rows_per_block;
+  const float* norm;  // RMSNorm weights x's rows are normalized with first (by every block), or null
+  float eps;
 };
 // Groups of rows_per_block rows: the units blocks take in turn (grid-stride).
 __host__ __device__ inline int64_t groups_of(const Product& p) { return (p.N + p.rows_per_block - 1) / p.rows_per_block; }
@@ -195,10 +197,11 @@ template <class W, int R, int U>  // R rows of x per pass, U loads per batch per
 struct Walk {
   using Raw = typename W::Raw;
   const Product& p;
+  const float* x;  // p.x, or its rows normalized in shared memory
   int warp, lane, slices, slice, batches, passes;
   int64_t k_lane, k_end, groups;
 
-  __device__ explicit Walk(const Product& product) : p(product) {
+  __device__ Walk(const Product& product, const float* rows) : p(product), x(rows) {
     warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     slices = kWarps / p.rows_per_block, slice = warp / p.rows_per_block;
     // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
@@ -235,7 +238,7 @@ struct Walk {
 #pragma unroll
         for (int m = 0; m < R; ++m) {
           if (m >= rows) break;
-          const float4* xp = reinterpret_cast<const float4*>(p.x + (m0 + m) * p.K + k);
+          const float4* xp = reinterpret_cast<const float4*>(x + (m0 + m) * p.K + k);
           const float4 a = xp[0], b = xp[1];
           acc[m] += W::dot(w[u], a, b);
         }
@@ -288,10 +291,47 @@ struct Walk {
   }
 };
 
+// out [M][K] = RMSNorm of x's rows with weights w, by the whole block (as rmsnorm_vector_kernel),
+// so that a product needs no norm launch before it.
+__device__ void normalize_rows(const float* x, int64_t M, int64_t K, const float* w, float eps, float* out) {
+  __shared__ float partial[kWarps];
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  for (int64_t m = 0; m < M; ++m) {
+    const float4* row = reinterpret_cast<const float4*>(x + m * K);
+    float s = 0;
+    for (int64_t j = threadIdx.x; j < K / 4; j += blockDim.x) {
+      const float4 v = row[j];
+      s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
+    __syncthreads();
+    float total = 0;
+    for (int i = 0; i < kWarps; ++i) total += partial[i];
+    const float scale = 1.0f / sqrtf(total / float(K) + eps);
+    float4* to = reinterpret_cast<float4*>(out + m * K);
+    for (int64_t j = threadIdx.x; j < K / 4; j += blockDim.x) {
+      const float4 v = row[j], g = w4[j];
+      to[j] = make_float4(g.x * (v.x * scale), g.y * (v.y * scale), g.z * (v.z * scale), g.w * (v.w * scale));
+    }
+    __syncthreads();  // partial is rewritten by the next row; `out` is read by every warp
+  }
+}
+// The rows a walk reads: x, or x normalized into shared memory.
+__device__ const float* input_of(const Product& p, float* normalized) {
+  if (!p.norm) return p.x;
+  normalize_rows(p.x, p.M, p.K, p.norm, p.eps, normalized);
+  return normalized;
+}
+// The most shared memory for normalized rows: with the static arrays, within the 48 KB a block
+// may take without asking (M = 1: rows up to 8192 wide).
+constexpr int kNormBytes = 32 << 10;
+
 template <class W, int R, int U>
 __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_constant__ Product product) {
-  const Walk<W, R, U> walk(product);
+  extern __shared__ float4 normalized[];
   __shared__ float sums[kWarps][R];
+  Walk<W, R, U> walk(product, product.x);
   if (!walk.has_work()) return;
   typename W::Raw a[U];
   Cursor load = walk.start();
@@ -300,6 +340,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_con
   detail::let_next_start();
   walk.issue(a, load), walk.next(load);
   detail::wait_for_previous();
+  walk.x = input_of(product, reinterpret_cast<float*>(normalized));
   walk.finish(a, load, sums);
 }
 
@@ -351,21 +392,28 @@ __device__ void grid_sync(GridBarrier& b) {
 template <class W, int R, int U>
 __global__ void __launch_bounds__(32 * kWarps, 4) matmul_pair_kernel(const __grid_constant__ Product first,
                                                                         const __grid_constant__ Product second) {
+  extern __shared__ float4 normalized[];
   __shared__ float sums[kWarps][R];
   typename W::Raw a[U];
   {
-    const Walk<W, R, U> one(first);
+    Walk<W, R, U> one(first, first.x);
     Cursor load = one.start();
     detail::let_next_start();
     if (one.has_work()) one.issue(a, load), one.next(load);
     detail::wait_for_previous();
-    if (one.has_work()) one.finish(a, load, sums);
+    if (one.has_work()) {
+      one.x = input_of(first, reinterpret_cast<float*>(normalized));
+      one.finish(a, load, sums);
+    }
   }
-  const Walk<W, R, U> two(second);
+  Walk<W, R, U> two(second, second.x);
   Cursor load = two.start();
   if (two.has_work()) two.issue(a, load), two.next(load);
   grid_sync(pair_barrier);
-  if (two.has_work()) two.finish(a, load, sums);
+  if (two.has_work()) {
+    two.x = input_of(second, reinterpret_cast<float*>(normalized));
+    two.finish(a, load, sums);
+  }
 }
 
 // One thread per 8 weights: widened to f32 as the matrix-vector kernel does, rounded to f16.
@@ -401,7 +449,8 @@ constexpr int kLoads = sizeof(typename W::Raw) > 16 ? 2 : 4;
 
 // The launch arguments of y = x W^T for the streaming kernels.
 template <class W>
-Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out) {
+Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm,
+                   float eps) {
   // Rows per block: as many as keep about 1024 groups (8 per SM), so wide matrices give each warp
   // a long stretch of one row and narrow ones split their rows over more warps; but no fewer than
   // leave each warp's slice a whole batch of loads (1b preset: +3% decode; 512 or 2048 groups
@@ -409,24 +458,28 @@ Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilo
   const int64_t fewest = std::max<int64_t>(out.swiglu ? 2 : 1, kWarps * kLoads<W> * kWarpElements / w.cols);
   int rows_per_block = kWarps;
   while (rows_per_block / 2 >= fewest && w.rows / rows_per_block < 1024) rows_per_block /= 2;
-  return {x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), out, rows_per_block};
+  return {x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), out, rows_per_block, norm, eps};
 }
 
 // Launches K::kernel (a matmul_kernel or matmul_pair_kernel) with as many blocks as fit on the GPU
 // at once (each walks several groups of rows), at most `most`.
+// `shared`: the bytes of the rows the kernel normalizes (at most kNormBytes).
 template <class K, class... Args>
-void launch_resident(const char* name, K, int64_t most, Stream s, Args... args) {
+void launch_resident(const char* name, K, int64_t most, size_t shared, Stream s, Args... args) {
   constexpr auto kernel = K::kernel;
   static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
   if (resident == 0) {
     int device = 0, sms = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, 0);
-    resident = std::max(1, sms * per_sm);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, kNormBytes);
+    if (per_sm < 1) detail::fail_with("CUDA matmul: the streaming kernel does not fit on an SM");
+    resident = sms * per_sm;
   }
-  detail::launch_overlapping(name, kernel, unsigned(std::min<int64_t>(resident, most)), 32 * kWarps, s, args...);
+  detail::launch_overlapping_shared(shared, name, kernel, unsigned(std::min<int64_t>(resident, most)), 32 * kWarps,
+                                    s, args...);
 }
+size_t normalized_bytes(const Product& p) { return p.norm ? size_t(p.M * p.K) * sizeof(float) : 0; }
 
 // Calls f(kernel template instance) for M rows of x: R rows per pass and U loads per batch.
 template <class W, template <class, int, int> class Kernel, class F>
@@ -447,9 +500,10 @@ struct Pair {
 };
 
 template <class W>
-void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, Stream s) {
-  const Product p = product_of<W>(x, M, w, out);
-  with_rows<W, Single>(M, [&](auto k) { launch_resident("matmul", k, groups_of(p), s, p); });
+void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm, float eps,
+            Stream s) {
+  const Product p = product_of<W>(x, M, w, out, norm, eps);
+  with_rows<W, Single>(M, [&](auto k) { launch_resident("matmul", k, groups_of(p), normalized_bytes(p), s, p); });
 }
 
 // Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
@@ -493,27 +547,32 @@ Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
 
 }  // namespace
 
-void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s) {
+bool matmul_can_normalize(int64_t M, int64_t K) { return K % 4 == 0 && M * K * int64_t(sizeof(float)) <= kNormBytes; }
+
+void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s, const float* norm,
+            float eps) {
   if (M == 0 || w.rows == 0) return;
+  if (norm && !matmul_can_normalize(M, w.cols)) detail::fail_with("CUDA matmul: rows too long to normalize in place");
   const Epilogue e = epilogue_of(w, out);
-  with_row_type(w.dtype, [&](auto row) { launch<decltype(row)>(x, M, w, e, s); });
+  with_row_type(w.dtype, [&](auto row) { launch<decltype(row)>(x, M, w, e, norm, eps, s); });
 }
 
 void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const MatmulOutput& out1, const float* x2,
-                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s) {
+                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s, const float* norm, float eps) {
   if (M == 0) return;
   if (w1.dtype != w2.dtype || w1.rows == 0 || w2.rows == 0) {  // one kernel streams one row type
-    matmul(x, M, w1, out1, s);
+    matmul(x, M, w1, out1, s, norm, eps);
     matmul(x2, M, w2, out2, s);
     return;
   }
+  if (norm && !matmul_can_normalize(M, w1.cols)) detail::fail_with("CUDA matmul: rows too long to normalize in place");
   const Epilogue e1 = epilogue_of(w1, out1), e2 = epilogue_of(w2, out2);
   with_row_type(w1.dtype, [&](auto row) {
     using W = decltype(row);
-    const Product p1 = product_of<W>(x, M, w1, e1), p2 = product_of<W>(x2, M, w2, e2);
+    const Product p1 = product_of<W>(x, M, w1, e1, norm, eps), p2 = product_of<W>(x2, M, w2, e2, nullptr, 0);
     // Every block meets the others at the barrier, so the grid is no larger than the GPU holds at once.
     with_rows<W, Pair>(M, [&](auto k) {
-      launch_resident("matmul pair", k, std::max(groups_of(p1), groups_of(p2)), s, p1, p2);
+      launch_resident("matmul pair", k, std::max(groups_of(p1), groups_of(p2)), normalized_bytes(p1), s, p1, p2);
     });
   });
 }

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cuda/launch.h"
 
@@ -28,20 +29,28 @@ inline bool overlap_launches() {
   return on;
 }
 
+// With `shared_bytes` of dynamic shared memory per block.
 template <class... Params, class... Args>
-void launch_overlapping(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
-                        Args&&... args) {
+void launch_overlapping_shared(size_t shared_bytes, const char* name, void (*kernel)(Params...), dim3 grid,
+                               dim3 block, cudaStream_t s, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = overlap_launches() ? 1 : 0;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
   config.stream = s;
   config.attrs = &attribute;
   config.numAttrs = 1;
   cudaLaunchKernelEx(&config, kernel, Params(std::forward<Args>(args))...);
   check_launch(name);
+}
+
+template <class... Params, class... Args>
+void launch_overlapping(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s,
+                        Args&&... args) {
+  launch_overlapping_shared(0, name, kernel, grid, block, s, std::forward<Args>(args)...);
 }
 
 }  // namespace shardlm::cuda::detail

@@ -249,7 +249,10 @@ struct CudaTransformer::Impl {
                    cuda::RopeStep& rope) {
     const cuda::MatmulPart parts[] = {{q.get<float>(), L.q_rows}, {k.get<float>(), L.k_rows}, {v.get<float>(), L.v_rows}};
     if (!on_tensor_cores(L.qkv, n)) {
-      cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
+      if (cuda::matmul_can_normalize(n, L.qkv.cols))  // the product normalizes x itself
+        cuda::matmul(x_rows, n, L.qkv, cuda::MatmulOutput{parts}, stream, L.attn_norm.get<float>(), eps);
+      else
+        cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
       return;
     }
     const DeviceMatrix qkv = for_tensor_cores(L.qkv);
@@ -278,9 +281,11 @@ struct CudaTransformer::Impl {
   void mlp(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act, float* y, bool accumulate) {
     if (!on_tensor_cores(L.gate_up, n) && !on_tensor_cores(L.down, n)) {
       const cuda::MatmulPart act_part{act, L.gate_up.rows / 2}, y_part{y, L.down.rows};
-      cuda::matmul_pair(normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps), n, L.gate_up,
+      const bool in_place = cuda::matmul_can_normalize(n, L.gate_up.cols);  // the product normalizes x
+      cuda::matmul_pair(in_place ? x_rows : normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps), n, L.gate_up,
                         cuda::MatmulOutput{{&act_part, 1}, false, /*swiglu=*/true}, act, L.down,
-                        cuda::MatmulOutput{{&y_part, 1}, accumulate}, stream);
+                        cuda::MatmulOutput{{&y_part, 1}, accumulate}, stream,
+                        in_place ? L.mlp_norm.get<float>() : nullptr, eps);
       return;
     }
     const uint16_t* act_half = mlp_activation(x_rows, n, L, eps, act);
