@@ -153,6 +153,24 @@ TEST(Cuda, ChunkedPrefillAndBatchesMatchOneSequenceAtATime) {
   for (const GenerateResult& r : e.run(reqs)) EXPECT_EQ(r.output_ids, alone.output_ids);
 }
 
+// Query heads that share a kv head sharing an attention block in every step, not only where the
+// grid keeps enough blocks with them (long contexts, large batches): the CPU's tokens and logits.
+// Decode steps do their RoPE and KV store in the attention; after the long prompt the context is
+// split over blocks too.
+TEST(Cuda, QueryHeadsSharingAttentionBlocksMatchTheCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  ::setenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS", "0", 1);
+  compare("--arch llama --preset tiny --dtype f32", 1e-4);    // 2 heads a block, head_dim 64
+  compare("--arch qwen3 --preset small --dtype bf16", 1e-2);  // 4 heads a block, head_dim 128
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset small --dtype bf16"));
+  GenerateRequest r = long_request();
+  r.max_new_tokens = 8;  // as LongPromptsOnTheTensorCoresMatchTheCpu: near-ties after the 16-bit prefill
+  const GenerateResult cpu = run_engine(model, "cpu", r), gpu = run_engine(model, "cuda", r);
+  EXPECT_EQ(gpu.output_ids, cpu.output_ids);
+  EXPECT_LT(test::max_relative_error(gpu.first_logits, cpu.first_logits), 1e-2);
+  ::unsetenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS");
+}
+
 // Each rank is a forked process on GPU rank % GPUs (all on one GPU of a one-GPU machine), and rank
 // 0 runs in this process: one cluster per test process (ctest and run-all run each test alone).
 // Compared with the CPU engine, as this process must not touch CUDA before it forks.

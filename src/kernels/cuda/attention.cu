@@ -1,17 +1,20 @@
-// Causal attention over the paged KV cache: one block of 8 warps per (query token, head, split of
-// the token's context). Each warp takes 8 positions at a time (head_dim 128): every lane loads
+// Causal attention over the paged KV cache: one block of 8 warps per (query token, query heads of
+// one kv head, split of the token's context): the heads that share a kv head (grouped-query
+// attention) share the block's reads of its keys and values. Each warp takes 8 positions at a time (head_dim 128): every lane loads
 // D/32 dimensions of the key rows and the value rows (a warp reads whole 128-byte rows:
 // coalesced), the warp sums the dot products with shuffles, and keeps its own online softmax; the
 // warps then merge theirs. With several splits (flash-decoding: a decode step has one token, so
 // splitting the context puts every SM to work) each block writes (max, sum, weighted values) and
-// the last block of a (token, head) to finish merges them: no second launch. In a decode step
+// the last block of a (token, heads) to finish merges them: no second launch. In a decode step
 // (one token per sequence) the first round's keys and values, stored by earlier steps, are loaded
 // before the wait for the kernel before, and the kernel also does that step's RoPE and KV store
 // (ops.h): the step needs no RoPE launch. Long prompt chunks take flash_attention.cu instead.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 
 #include "kernels/cuda/launch.h"
@@ -29,8 +32,10 @@ constexpr int kMaxSplits = 512;  // attention_splits aims at 512 blocks in all
 // lane hold (8 for head_dim 128), so that a block's whole span of a decode step's context
 // (kWarps x kUnroll = 64 positions) is one round trip to memory; at most 8 (smaller heads would
 // take 16 or 32 and spill registers under two blocks per SM).
-template <int kDims>
-constexpr int kUnroll = 32 / kDims < 2 ? 2 : 32 / kDims > 8 ? 8 : 32 / kDims;
+// With G > 1 query heads a block, fewer: their q and sums take registers too (head_dim 128 with
+// two heads spilled at 8, head_dim 64 with eight at 8).
+template <int kDims, int G>
+constexpr int kUnroll = std::clamp((G == 1 ? 32 : G <= 4 ? 16 : 8) / kDims, 2, 8);
 
 // A decode step's RoPE done by the attention (ops.h): this lane's dimensions d = lane + 32 i of a
 // head, RMS-normalized by `norm` when given (Qwen3), then rotated with the sines and cosines of
@@ -61,7 +66,7 @@ __device__ __forceinline__ void normalize_and_rotate(float (&x)[kDims], const fl
   for (int i = 0; i < kDims; ++i) x[i] = y[i];
 }
 
-template <int kDims>  // head_dim / 32: dimensions per lane
+template <int kDims, int G>  // head_dim / 32: dimensions per lane; G query heads of one kv head
 __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* q, const float* k_pool,
                                                                  const float* v_pool, const int32_t* tables,
                                                                  const int32_t* table_offset, const int32_t* pos,
@@ -69,11 +74,11 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
                                                                  bool past_is_stored, RopeStep rope, float* out,
                                                                  float* partial, int32_t* done) {
   detail::let_next_start();
-  constexpr int D = kDims * 32, U = kUnroll<kDims>;
-  const int64_t t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  constexpr int D = kDims * 32, U = kUnroll<kDims, G>;
+  const int64_t t = blockIdx.x, h0 = blockIdx.y * G, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t bs = shape.kv.block_size, n_kv = shape.kv.n_kv_heads;
-  const int64_t kv = (shape.head_offset + h) / shape.group - shape.kv_head_offset;
+  const int64_t kv = (shape.head_offset + h0) / shape.group - shape.kv_head_offset;
   const int32_t* table = tables + table_offset[t];
   // This split's share of the token's positions 0..pos[t].
   const int64_t length = int64_t(pos[t]) + 1, round = kWarps * U, span = (length + gridDim.z - 1) / gridDim.z;
@@ -119,23 +124,26 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
 #pragma unroll
     for (int i = 0; i < kDims; ++i) kc[i] = rope.k[from + 32 * i], vc[i] = rope.v[from + 32 * i];
     normalize_and_rotate(kc, rope.k_norm, rope.eps, sin, cos, rope.adjacent_pairs);
-    // The first local query head of the kv head stores them: one block per token and kv head.
-    if (h == 0 || (shape.head_offset + h) % shape.group == 0) {
+    // The block of the kv head's first local query head stores them: one per token and kv head.
+    if (h0 == 0 || (shape.head_offset + h0) % shape.group == 0) {
       const int64_t at = row_of(cur);
 #pragma unroll
       for (int i = 0; i < kDims; ++i) rope.k_pool[at + 32 * i] = kc[i], rope.v_pool[at + 32 * i] = vc[i];
     }
   }
-  float qv[kDims], acc[kDims];
-  const float* qh = q + (t * shape.n_heads + h) * D + lane;
+  // The G query heads: each with its own online softmax over the same keys and values.
+  float qv[G][kDims], acc[G][kDims], m[G], l[G];
 #pragma unroll
-  for (int i = 0; i < kDims; ++i) qv[i] = qh[32 * i], acc[i] = 0;
-  if (fused) normalize_and_rotate(qv, rope.q_norm, rope.eps, sin, cos, rope.adjacent_pairs);
+  for (int g = 0; g < G; ++g) {
+    const float* qh = q + (t * shape.n_heads + h0 + g) * D + lane;
 #pragma unroll
-  for (int i = 0; i < kDims; ++i) qv[i] *= scale;
-  float m = -INFINITY, l = 0;
+    for (int i = 0; i < kDims; ++i) qv[g][i] = qh[32 * i], acc[g][i] = 0;
+    if (fused) normalize_and_rotate(qv[g], rope.q_norm, rope.eps, sin, cos, rope.adjacent_pairs);
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) qv[g][i] *= scale;
+    m[g] = -INFINITY, l[g] = 0;
+  }
   for (int64_t c = c0; c <= last; c += round) {
-    float s[U];
     if (c != c0) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -151,120 +159,156 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
           for (int i = 0; i < kDims; ++i) kr[u][i] = kc[i], vr[u][i] = vc[i];
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float dot = 0;
+    for (int g = 0; g < G; ++g) {
+      float s[U];
 #pragma unroll
-      for (int i = 0; i < kDims; ++i) dot += qv[i] * (c + u <= last ? kr[u][i] : 0.0f);
-      for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-      s[u] = c + u <= last ? dot : -INFINITY;
+      for (int u = 0; u < U; ++u) {
+        float dot = 0;
+#pragma unroll
+        for (int i = 0; i < kDims; ++i) dot += qv[g][i] * (c + u <= last ? kr[u][i] : 0.0f);
+        for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        s[u] = c + u <= last ? dot : -INFINITY;
+      }
+      float m_new = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) m_new = fmaxf(m_new, s[u]);
+      const float correction = expf(m[g] - m_new);  // 0 on the first chunk (m = -inf)
+      l[g] *= correction;
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) acc[g][i] *= correction;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (c + u > last) break;
+        const float p = expf(s[u] - m_new);
+        l[g] += p;
+#pragma unroll
+        for (int i = 0; i < kDims; ++i) acc[g][i] += p * vr[u][i];
+      }
+      m[g] = m_new;
     }
-    float m_new = m;
-#pragma unroll
-    for (int u = 0; u < U; ++u) m_new = fmaxf(m_new, s[u]);
-    const float correction = expf(m - m_new);  // 0 on the first chunk (m = -inf)
-    l *= correction;
-#pragma unroll
-    for (int i = 0; i < kDims; ++i) acc[i] *= correction;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (c + u > last) break;
-      const float p = expf(s[u] - m_new);
-      l += p;
-#pragma unroll
-      for (int i = 0; i < kDims; ++i) acc[i] += p * vr[u][i];
-    }
-    m = m_new;
   }
-  // Merge the warps: M = max of their maxima; num = sum acc_w e^(m_w - M), den = sum l_w e^(m_w - M).
-  __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][D];
-  if (lane == 0) sm[warp] = m, sl[warp] = l;
+  // Merge the warps, for each head: M = max of their maxima; num = sum acc_w e^(m_w - M),
+  // den = sum l_w e^(m_w - M). Then each thread takes (head, dimension) elements.
+  __shared__ float sm[kWarps][G], sl[kWarps][G], sacc[kWarps][G][D], head_den[G], weight[G][kWarps];
+  if (lane == 0)
 #pragma unroll
-  for (int i = 0; i < kDims; ++i) sacc[warp][lane + 32 * i] = acc[i];
+    for (int g = 0; g < G; ++g) sm[warp][g] = m[g], sl[warp][g] = l[g];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) sacc[warp][g][lane + 32 * i] = acc[g][i];
   __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
-  float den = 0, weight[kWarps];
-  for (int w = 0; w < kWarps; ++w) {
-    weight[w] = sl[w] > 0 ? expf(sm[w] - M) : 0.0f;  // a warp with no positions adds nothing
-    den += sl[w] * weight[w];
-  }
-  const int64_t row = t * shape.n_heads + h;
-  if (gridDim.z == 1) {
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-      float num = 0;
-      for (int w = 0; w < kWarps; ++w) num += sacc[w][d] * weight[w];
-      out[row * D + d] = num / den;
+  __shared__ float head_max[G];
+  if (threadIdx.x < G) {
+    const int g = threadIdx.x;
+    float M = -INFINITY, den = 0;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][g]);
+    for (int w = 0; w < kWarps; ++w) {
+      weight[g][w] = sl[w][g] > 0 ? expf(sm[w][g] - M) : 0.0f;  // a warp with no positions adds nothing
+      den += sl[w][g] * weight[g][w];
     }
+    head_max[g] = M, head_den[g] = den;
+  }
+  __syncthreads();
+  auto merged = [&](int g, int d) {
+    float num = 0;
+    for (int w = 0; w < kWarps; ++w) num += sacc[w][g][d] * weight[g][w];
+    return num;
+  };
+  const int64_t row0 = t * shape.n_heads + h0;  // the block's first (token, head) row
+  if (gridDim.z == 1) {
+    for (int e = threadIdx.x; e < G * D; e += blockDim.x) out[row0 * D + e] = merged(e / D, e % D) / head_den[e / D];
     return;
   }
-  // Several splits: each writes (max, sum, weighted values); the last of a row to finish merges
-  // them (out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M)) and sets the row's count back to 0.
-  float* rows = partial + row * gridDim.z * (D + 2);  // [split][m, l, acc[D]]
-  float* mine = rows + split * (D + 2);
-  if (threadIdx.x == 0) mine[0] = M, mine[1] = den;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0;
-    for (int w = 0; w < kWarps; ++w) num += sacc[w][d] * weight[w];
-    mine[2 + d] = num;
-  }
+  // Several splits: each writes (max, sum, weighted values) per head; the last of the block's
+  // heads to finish merges them (out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M)) and sets
+  // their count back to 0.
+  const int splits = int(gridDim.z);
+  auto split_row = [&](int g, int sp) { return partial + ((row0 + g) * splits + sp) * (D + 2); };  // [m, l, acc[D]]
+  if (threadIdx.x < G) split_row(threadIdx.x, int(split))[0] = head_max[threadIdx.x],
+                       split_row(threadIdx.x, int(split))[1] = head_den[threadIdx.x];
+  for (int e = threadIdx.x; e < G * D; e += blockDim.x) split_row(e / D, int(split))[2 + e % D] = merged(e / D, e % D);
   __threadfence();  // this split's results are visible before it is counted
   __syncthreads();
   __shared__ bool last_split;
-  if (threadIdx.x == 0) last_split = atomicAdd(done + row, 1) == int(gridDim.z) - 1;
+  if (threadIdx.x == 0) last_split = atomicAdd(done + row0, 1) == splits - 1;
   __syncthreads();
   if (!last_split) return;
   __threadfence();
-  if (threadIdx.x == 0) done[row] = 0;
+  if (threadIdx.x == 0) done[row0] = 0;
   // Every split's (max, sum) at once, a thread each, then each thread's values of all splits with
   // 8 loads in flight: the merge waits on L2 a few times, not twice per split (a third of a decode
   // step's attention at 512 tokens of context, 8 splits, before).
-  __shared__ float split_max[kMaxSplits], split_sum[kMaxSplits];
-  const int splits = int(gridDim.z);
-  for (int sp = threadIdx.x; sp < splits; sp += blockDim.x)
-    split_max[sp] = __ldcg(rows + sp * (D + 2)), split_sum[sp] = __ldcg(rows + sp * (D + 2) + 1);
+  __shared__ float split_max[kMaxSplits], split_sum[kMaxSplits];  // [head][split], G x splits <= kMaxSplits
+  for (int e = threadIdx.x; e < G * splits; e += blockDim.x) {
+    const float* r = split_row(e / splits, e % splits);
+    split_max[e] = __ldcg(r), split_sum[e] = __ldcg(r + 1);
+  }
   __syncthreads();
-  float all_max = -INFINITY;
-  for (int sp = 0; sp < splits; ++sp) all_max = fmaxf(all_max, split_max[sp]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0, total = 0;
+  for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
+    const int g = e / D, d = e % D;
+    float all_max = -INFINITY, num = 0, total = 0;
+    for (int sp = 0; sp < splits; ++sp) all_max = fmaxf(all_max, split_max[g * splits + sp]);
 #pragma unroll 8
     for (int sp = 0; sp < splits; ++sp) {
       // A split past this token's last position has sum 0 and values 0: weight 0.
-      const float w = split_sum[sp] > 0 ? expf(split_max[sp] - all_max) : 0.0f;
-      num += __ldcg(rows + sp * (D + 2) + 2 + d) * w;
-      total += split_sum[sp] * w;
+      const float sum = split_sum[g * splits + sp];
+      const float w = sum > 0 ? expf(split_max[g * splits + sp] - all_max) : 0.0f;
+      num += __ldcg(split_row(g, sp) + 2 + d) * w;
+      total += sum * w;
     }
-    out[row * D + d] = num / total;
+    out[(row0 + g) * D + d] = num / total;
   }
 }
 
+// The most of 8, 4 or 2 that share a kv head in every block, where that kernel is built (head_dim
+// 32, 64 or 128, G x head_dim <= 512 for the warps' shared sums); else 1.
 }  // namespace
+
+int attention_heads_per_block(const AttentionShape& shape) {
+  const int64_t D = shape.kv.head_dim;
+  if (D != 32 && D != 64 && D != 128) return 1;
+  for (int g : {8, 4, 2})
+    if (shape.group % g == 0 && shape.n_heads % g == 0 && shape.head_offset % g == 0 && g * D <= 512) return g;
+  return 1;
+}
 
 bool attention_can_rope(int64_t head_dim, bool adjacent_pairs) {
   return head_dim % 32 == 0 && head_dim <= kMaxHeadDim && (adjacent_pairs || head_dim % 64 == 0);
 }
 
-int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
-  // Split the context when (token, head) blocks alone would leave most SMs idle: aim for about
-  // 512 blocks, each over at least 64 positions (one round of its warps). A power of two, so that
-  // a captured decode step stays valid for long stretches of positions. (Finer splits measured
-  // slower: more blocks, more partial results to merge. 1024 blocks instead of 512 gave the same
-  // speed after 512 tokens and 10% (1b) and 6% (8b) less after 4K tokens, on one H200.)
+AttentionGrid attention_grid(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape) {
+  // Split the context when the blocks alone would leave most SMs idle: aim for about 512 blocks,
+  // each over at least 64 positions (one round of its warps). A power of two, so that a captured
+  // decode step stays valid for long stretches of positions. (Finer splits measured slower: more
+  // blocks, more partial results to merge. 1024 blocks instead of 512 gave the same speed after
+  // 512 tokens and 10% (1b) and 6% (8b) less after 4K tokens, on one H200.) Heads share a block
+  // only while that leaves at least 256 blocks: a block's heads are summed one after another, and
+  // 64 blocks of 4 heads made a 1b decode step after 512 tokens 5% slower than 256 of one; after
+  // 2,048 and 8,192 tokens 4 heads a block were 12% and 22% faster (one H200).
   constexpr int64_t kMinSpan = 64, kTargetBlocks = 512;
-  const int64_t rows = std::max<int64_t>(1, n_tokens * shape.n_heads), length = max_pos + 1;
-  const int64_t want = std::min((length + kMinSpan - 1) / kMinSpan, std::max<int64_t>(1, kTargetBlocks / rows));
-  int64_t splits = 1;
-  while (splits * 2 <= want) splits *= 2;
-  return splits;
+  // SHARDLM_CUDA_ATTENTION_MIN_BLOCKS=0: heads share blocks whenever they can (tests use it).
+  const char* min_blocks = std::getenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS");
+  const int64_t kMinBlocks = min_blocks ? std::max(0LL, std::atoll(min_blocks)) : 256;
+  const int64_t length = max_pos + 1;
+  for (int heads = attention_heads_per_block(shape);; heads /= 2) {
+    const int64_t rows = std::max<int64_t>(1, n_tokens * shape.n_heads / heads);
+    const int64_t want = std::min({(length + kMinSpan - 1) / kMinSpan, std::max<int64_t>(1, kTargetBlocks / rows),
+                                   int64_t(kMaxSplits / heads)});
+    int64_t splits = 1;
+    while (splits * 2 <= want) splits *= 2;
+    if (heads == 1 || rows * splits >= kMinBlocks) return {splits, heads};
+  }
 }
 
-int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape) {
-  return splits > 1 ? n_tokens * shape.n_heads * splits * (shape.kv.head_dim + 2) : 0;
+int64_t attention_partial_floats(int64_t n_tokens, const AttentionGrid& grid, const AttentionShape& shape) {
+  return grid.splits > 1 ? n_tokens * shape.n_heads * grid.splits * (shape.kv.head_dim + 2) : 0;
 }
 
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters, float* out, Stream s) {
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionGrid grid,
+               AttentionShape shape, bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters,
+               float* out, Stream s) {
   if (n_tokens == 0 || shape.n_heads == 0) return;
   if (rope && (rope->q_in || rope->in_stride ||
                !(past_is_stored && attention_can_rope(shape.kv.head_dim, rope->adjacent_pairs))))
@@ -277,16 +321,23 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
                   kMaxHeadDim);
     detail::fail_with(why);
   }
-  if (splits < 1 || splits > kMaxSplits) detail::fail_with("CUDA attention: splits of the context outside 1..512");
+  const int heads = grid.heads;
+  if (grid.splits < 1 || grid.splits * heads > kMaxSplits || heads < 1 || attention_heads_per_block(shape) % heads != 0)
+    detail::fail_with("CUDA attention: a grid that attention_grid does not give");
   const float scale = 1.0f / std::sqrt(float(D));
-  const dim3 grid(unsigned(n_tokens), unsigned(shape.n_heads), unsigned(splits));
+  const dim3 blocks(unsigned(n_tokens), unsigned(shape.n_heads / heads), unsigned(grid.splits));
   using Kernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
                           AttentionShape, float, bool, RopeStep, float*, float*, int32_t*);
-  constexpr Kernel kernels[] = {attention_kernel<1>, attention_kernel<2>, attention_kernel<3>, attention_kernel<4>,
-                                attention_kernel<5>, attention_kernel<6>, attention_kernel<7>, attention_kernel<8>};
-  detail::launch_overlapping("attention", kernels[D / 32 - 1], grid, 32 * kWarps, s, q, k_pool, v_pool, tables,
-                             table_offset, pos, shape, scale, past_is_stored, rope ? *rope : RopeStep{}, out, partial,
-                             counters);
+  // [head_dim / 32 - 1] with one head a block; [heads / 2] for head_dim 32, 64 or 128 (heads_per_block).
+  constexpr Kernel one_head[] = {attention_kernel<1, 1>, attention_kernel<2, 1>, attention_kernel<3, 1>,
+                                 attention_kernel<4, 1>, attention_kernel<5, 1>, attention_kernel<6, 1>,
+                                 attention_kernel<7, 1>, attention_kernel<8, 1>};
+  constexpr Kernel d32[] = {nullptr, attention_kernel<1, 2>, attention_kernel<1, 4>, nullptr, attention_kernel<1, 8>};
+  constexpr Kernel d64[] = {nullptr, attention_kernel<2, 2>, attention_kernel<2, 4>, nullptr, attention_kernel<2, 8>};
+  constexpr Kernel d128[] = {nullptr, attention_kernel<4, 2>, attention_kernel<4, 4>};
+  const Kernel kernel = heads == 1 ? one_head[D / 32 - 1] : D == 32 ? d32[heads / 2] : D == 64 ? d64[heads / 2] : d128[heads / 2];
+  detail::launch_overlapping("attention", kernel, blocks, 32 * kWarps, s, q, k_pool, v_pool, tables, table_offset, pos,
+                             shape, scale, past_is_stored, rope ? *rope : RopeStep{}, out, partial, counters);
 }
 
 }  // namespace shardlm::cuda

@@ -130,23 +130,38 @@ struct AttentionShape {
   int64_t n_heads = 0, group = 1, head_offset = 0, kv_head_offset = 0;
   KvShape kv;
 };
-// Long contexts are split over `splits` blocks per (token, head) (flash-decoding), whose partial
-// results need attention_partial_floats() floats of scratch, and `counters` n_tokens x n_heads
-// ints, zero-filled when first allocated (each launch leaves them zero); attention_splits() picks the count
+// How a step's attention spreads over blocks: a block takes `heads` query heads of one kv head
+// (grouped-query attention: they share its reads of the keys and values) of one token, and long
+// contexts are split over `splits` blocks (flash-decoding), whose partial results need
+// attention_partial_floats() floats of scratch, and `counters` n_tokens x n_heads ints,
+// zero-filled when first allocated (each launch leaves them zero). attention_grid() picks both
 // from the longest position of the step (max_pos) so that the GPU is full.
-int64_t attention_splits(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
-int64_t attention_partial_floats(int64_t n_tokens, int64_t splits, const AttentionShape& shape);
+struct AttentionGrid {
+  int64_t splits = 1;
+  int heads = 1;
+  friend bool operator==(const AttentionGrid& a, const AttentionGrid& b) {
+    return a.splits == b.splits && a.heads == b.heads;
+  }
+  friend bool operator<(const AttentionGrid& a, const AttentionGrid& b) {
+    return a.splits != b.splits ? a.splits < b.splits : a.heads < b.heads;
+  }
+};
+AttentionGrid attention_grid(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
+// The most query heads a block can take: a grid's `heads` divides it (1 where heads cannot share).
+int attention_heads_per_block(const AttentionShape& shape);
+int64_t attention_partial_floats(int64_t n_tokens, const AttentionGrid& grid, const AttentionShape& shape);
 // past_is_stored: every token's earlier positions were stored by earlier steps (a decode step: one
 // token per sequence), so their first keys and values are read while the kernel before still runs.
 // Such a step may also pass `rope` (what rope_and_store would take; its q, k and v as the products
 // left them, and pools and tables as above): the kernel then does that work itself, so the step
-// needs no RoPE launch. Each block rotates its own q head, the blocks that reach a token's own
+// needs no RoPE launch. Each block rotates its own q heads, the blocks that reach a token's own
 // position rotate its k, and one of them per kv head stores k and v in the cache (where
 // attention_can_rope: half-split pairs must lie in one lane).
 bool attention_can_rope(int64_t head_dim, bool adjacent_pairs);
 void attention(const float* q, const float* k_pool, const float* v_pool, const int32_t* tables,
-               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, int64_t splits, AttentionShape shape,
-               bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters, float* out, Stream s);
+               const int32_t* table_offset, const int32_t* pos, int64_t n_tokens, AttentionGrid grid,
+               AttentionShape shape, bool past_is_stored, const RopeStep* rope, float* partial, int32_t* counters,
+               float* out, Stream s);
 
 // Causal attention of one sequence's n query tokens at positions start..start+n-1 (q and out as
 // above) over its keys and values 0..start+n-1 in the paged pools (`table`: its block ids), on the

@@ -63,10 +63,10 @@ struct CudaTransformer::Impl {
   int64_t cache_blocks = 0;  // the most block ids one step's tables can hold
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
-  // captured once per (tokens, attention splits, one token per sequence) and valid while the
+  // captured once per (tokens, attention grid, one token per sequence) and valid while the
   // buffers it names stay put.
   bool use_graphs = true;
-  using GraphKey = std::tuple<int64_t, int64_t, bool>;
+  using GraphKey = std::tuple<int64_t, cuda::AttentionGrid, bool>;
   // With tensor-parallel sums in it, a graph is captured twice: the timed one (an event node
   // before and after each sum) is launched the second time and every 16th after that.
   struct Graph {
@@ -478,13 +478,13 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
                                    kv_shape};
   // Attention: a step of short segments (decode) in one launch of the paged kernel; with a long one
   // (prefill), each long segment by flash attention and each short one on the paged kernel.
-  const int64_t splits = cuda::attention_splits(n, max_pos, shape);
-  std::vector<int64_t> segment_splits;  // with a long segment: each short one's own split
-  int64_t partial_floats = cuda::attention_partial_floats(n, splits, shape);
+  const cuda::AttentionGrid grid = cuda::attention_grid(n, max_pos, shape);
+  std::vector<cuda::AttentionGrid> segment_grids;  // with a long segment: each short one's own
+  int64_t partial_floats = cuda::attention_partial_floats(n, grid, shape);
   if (long_segment) {
     for (const Segment& seg : segments) {
-      segment_splits.push_back(cuda::attention_splits(seg.n_tokens, seg.start + seg.n_tokens - 1, shape));
-      partial_floats = std::max(partial_floats, cuda::attention_partial_floats(seg.n_tokens, segment_splits.back(), shape));
+      segment_grids.push_back(cuda::attention_grid(seg.n_tokens, seg.start + seg.n_tokens - 1, shape));
+      partial_floats = std::max(partial_floats, cuda::attention_partial_floats(seg.n_tokens, segment_grids.back(), shape));
     }
   }
   d.splits.grow(size_t(partial_floats) * 4 + 4);
@@ -496,7 +496,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   auto attend = [&](const float* q_rows, const float* k_pool, const float* v_pool, float* out,
                     const cuda::RopeStep* rope) {
     if (!long_segment) {
-      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, splits, shape, decode_step, rope,
+      cuda::attention(q_rows, k_pool, v_pool, tables, offsets, pos, n, grid, shape, decode_step, rope,
                       d.splits.get<float>(), d.counters.get<int32_t>(), out, s);
       return;
     }
@@ -508,7 +508,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
         cuda::flash_attention(q_rows + t * q_dim, k_pool, v_pool, tables + table, seg.start, seg.n_tokens, shape,
                               d.flash_k.get<uint16_t>(), d.flash_v.get<uint16_t>(), out + t * q_dim, s);
       } else {
-        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_splits[i],
+        cuda::attention(q_rows + t * q_dim, k_pool, v_pool, tables, offsets + t, pos + t, seg.n_tokens, segment_grids[i],
                         shape, seg.n_tokens == 1, nullptr, d.splits.get<float>(),
                         d.counters.get<int32_t>(), out + t * q_dim, s);
       }
@@ -532,7 +532,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
   // the context), nor tensor-parallel sums through the host (NCCL's are captured with the rest).
   if (d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_))
-    d.replay({n, splits, decode_step}, enqueue_layers, device_all_reduce_);
+    d.replay({n, grid, decode_step}, enqueue_layers, device_all_reduce_);
   else enqueue_layers();
   if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
   // Bounded, unlike a copy that waits on peers. A lost peer leaves NCCL's kernels waiting: the
