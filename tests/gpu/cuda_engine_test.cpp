@@ -159,7 +159,10 @@ TEST(Cuda, ChunkedPrefillAndBatchesMatchOneSequenceAtATime) {
 // split over blocks too.
 TEST(Cuda, QueryHeadsSharingAttentionBlocksMatchTheCpu) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  ::setenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS", "0", 1);
+  struct Setting {  // unset again however the test ends (a fatal assertion returns early)
+    Setting() { ::setenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS", "0", 1); }
+    ~Setting() { ::unsetenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS"); }
+  } setting;
   compare("--arch llama --preset tiny --dtype f32", 1e-4);    // 2 heads a block, head_dim 64
   compare("--arch qwen3 --preset small --dtype bf16", 1e-2);  // 4 heads a block, head_dim 128
   const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset small --dtype bf16"));
@@ -168,7 +171,6 @@ TEST(Cuda, QueryHeadsSharingAttentionBlocksMatchTheCpu) {
   const GenerateResult cpu = run_engine(model, "cpu", r), gpu = run_engine(model, "cuda", r);
   EXPECT_EQ(gpu.output_ids, cpu.output_ids);
   EXPECT_LT(test::max_relative_error(gpu.first_logits, cpu.first_logits), 1e-2);
-  ::unsetenv("SHARDLM_CUDA_ATTENTION_MIN_BLOCKS");
 }
 
 // Each rank is a forked process on GPU rank % GPUs (all on one GPU of a one-GPU machine), and rank

@@ -26,14 +26,14 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
-constexpr int kMaxSplits = 512;  // attention_splits aims at 512 blocks in all
+constexpr int kMaxSplits = 512;  // G x splits of a block's partial results (attention_grid keeps within)
 
 // Positions a warp takes per iteration: as many key and value rows in flight as 64 registers a
 // lane hold (8 for head_dim 128), so that a block's whole span of a decode step's context
 // (kWarps x kUnroll = 64 positions) is one round trip to memory; at most 8 (smaller heads would
 // take 16 or 32 and spill registers under two blocks per SM).
 // With G > 1 query heads a block, fewer: their q and sums take registers too (head_dim 128 with
-// two heads spilled at 8, head_dim 64 with eight at 8).
+// two heads spilled at 8, head_dim 64 with eight at 8); a round is then 32 positions.
 template <int kDims, int G>
 constexpr int kUnroll = std::clamp((G == 1 ? 32 : G <= 4 ? 16 : 8) / kDims, 2, 8);
 
@@ -261,10 +261,10 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
   }
 }
 
-// The most of 8, 4 or 2 that share a kv head in every block, where that kernel is built (head_dim
-// 32, 64 or 128, G x head_dim <= 512 for the warps' shared sums); else 1.
 }  // namespace
 
+// The most of 8, 4 or 2 that share a kv head in every block, where that kernel is built (head_dim
+// 32, 64 or 128, G x head_dim <= 512 for the warps' shared sums); else 1.
 int attention_heads_per_block(const AttentionShape& shape) {
   const int64_t D = shape.kv.head_dim;
   if (D != 32 && D != 64 && D != 128) return 1;
@@ -325,7 +325,8 @@ void attention(const float* q, const float* k_pool, const float* v_pool, const i
     detail::fail_with(why);
   }
   const int heads = grid.heads;
-  if (grid.splits < 1 || grid.splits * heads > kMaxSplits || heads < 1 || attention_heads_per_block(shape) % heads != 0)
+  if (heads < 1 || attention_heads_per_block(shape) % heads != 0 || grid.splits < 1 || grid.splits > kMaxSplits / heads ||
+      (grid.splits > 1 && !partial))
     detail::fail_with("CUDA attention: a grid that attention_grid does not give");
   const float scale = 1.0f / std::sqrt(float(D));
   const dim3 blocks(unsigned(n_tokens), unsigned(shape.n_heads / heads), unsigned(grid.splits));
