@@ -1,9 +1,9 @@
 // Causal attention over the paged KV cache: one block of 8 warps per (query token, query heads of
 // one kv head, split of the token's context): the heads that share a kv head (grouped-query
-// attention) share the block's reads of its keys and values. Each warp takes 8 positions at a time (head_dim 128): every lane loads
-// D/32 dimensions of the key rows and the value rows (a warp reads whole 128-byte rows:
-// coalesced), the warp sums the dot products with shuffles, and keeps its own online softmax; the
-// warps then merge theirs. With several splits (flash-decoding: a decode step has one token, so
+// attention) share the block's reads of its keys and values. Each warp takes 8 positions at a time
+// (head_dim 128): every lane loads D/32 dimensions of the key rows and the value rows (a warp reads
+// whole 128-byte rows: coalesced), the warp sums the dot products with shuffles, and keeps its own
+// online softmax per head; the warps then merge theirs. With several splits (flash-decoding: a decode step has one token, so
 // splitting the context puts every SM to work) each block writes (max, sum, weighted values) and
 // the last block of a (token, heads) to finish merges them: no second launch. In a decode step
 // (one token per sequence) the first round's keys and values, stored by earlier steps, are loaded
@@ -12,10 +12,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
 
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
@@ -225,8 +225,10 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
   // their count back to 0.
   const int splits = int(gridDim.z);
   auto split_row = [&](int g, int sp) { return partial + ((row0 + g) * splits + sp) * (D + 2); };  // [m, l, acc[D]]
-  if (threadIdx.x < G) split_row(threadIdx.x, int(split))[0] = head_max[threadIdx.x],
-                       split_row(threadIdx.x, int(split))[1] = head_den[threadIdx.x];
+  if (threadIdx.x < G) {
+    float* mine = split_row(threadIdx.x, int(split));
+    mine[0] = head_max[threadIdx.x], mine[1] = head_den[threadIdx.x];
+  }
   for (int e = threadIdx.x; e < G * D; e += blockDim.x) split_row(e / D, int(split))[2 + e % D] = merged(e / D, e % D);
   __threadfence();  // this split's results are visible before it is counted
   __syncthreads();

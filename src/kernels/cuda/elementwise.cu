@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/bf16.cuh"
+#include "kernels/cuda/block_sum.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/overlap.cuh"
@@ -17,20 +18,6 @@ constexpr int kThreads = 256;
 // kThreads floats (8192) are read once, as float4s held in registers (all loads in flight at
 // once: a decode step's norm is one row, so its latency is the whole cost); longer rows loop.
 constexpr int kMaxVectors = 8;
-
-__device__ float block_sum(float s) {
-  __shared__ float partial[32];
-  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    s = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
-    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (threadIdx.x == 0) partial[0] = s;
-  }
-  __syncthreads();
-  return partial[0];
-}
 
 // Normalized values to y: f32, or rounded to 16 bits (Half: detail::Bf16Bits / F16Bits) as the
 // next tensor-core product takes them. One value at i, or four at 4j.
@@ -67,7 +54,7 @@ __global__ void rmsnorm_vector_kernel(const float* x, const float* w, T* y, int6
     v[i] = j < n ? xr[j] : make_float4(0, 0, 0, 0);
     s += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
   }
-  const float scale = 1.0f / sqrtf(block_sum(s) / float(dim) + eps);
+  const float scale = 1.0f / sqrtf(detail::block_sum(s) / float(dim) + eps);
 #pragma unroll
   for (int i = 0; i < kMaxVectors; ++i) {
     const int64_t j = threadIdx.x + int64_t(i) * blockDim.x;
@@ -88,7 +75,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, T* y, int64_t dim
   float s = 0;
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
-  const float scale = 1.0f / sqrtf(block_sum(s) / float(dim) + eps);
+  const float scale = 1.0f / sqrtf(detail::block_sum(s) / float(dim) + eps);
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) store1<Half>(yr, i, w[i] * (xr[i] * scale));
 }

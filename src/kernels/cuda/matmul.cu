@@ -15,6 +15,7 @@
 #include <cstdio>
 
 #include "kernels/cuda/bf16.cuh"
+#include "kernels/cuda/block_sum.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/overlap.cuh"
@@ -201,7 +202,7 @@ struct Walk {
   int warp, lane, slices, slice, batches, passes;
   int64_t k_lane, k_end, groups;
 
-  __device__ Walk(const Product& product, const float* rows) : p(product), x(rows) {
+  __device__ explicit Walk(const Product& product) : p(product), x(product.x) {
     warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     slices = kWarps / p.rows_per_block, slice = warp / p.rows_per_block;
     // This warp's slice of a row: a multiple of 8 weights, so every load is whole.
@@ -294,7 +295,6 @@ struct Walk {
 // out [M][K] = RMSNorm of x's rows with weights w, by the whole block (as rmsnorm_vector_kernel),
 // so that a product needs no norm launch before it.
 __device__ void normalize_rows(const float* x, int64_t M, int64_t K, const float* w, float eps, float* out) {
-  __shared__ float partial[kWarps];
   const float4* w4 = reinterpret_cast<const float4*>(w);
   for (int64_t m = 0; m < M; ++m) {
     const float4* row = reinterpret_cast<const float4*>(x + m * K);
@@ -303,18 +303,13 @@ __device__ void normalize_rows(const float* x, int64_t M, int64_t K, const float
       const float4 v = row[j];
       s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
-    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = s;
-    __syncthreads();
-    float total = 0;
-    for (int i = 0; i < kWarps; ++i) total += partial[i];
-    const float scale = 1.0f / sqrtf(total / float(K) + eps);
+    const float scale = 1.0f / sqrtf(detail::block_sum(s) / float(K) + eps);
     float4* to = reinterpret_cast<float4*>(out + m * K);
     for (int64_t j = threadIdx.x; j < K / 4; j += blockDim.x) {
       const float4 v = row[j], g = w4[j];
       to[j] = make_float4(g.x * (v.x * scale), g.y * (v.y * scale), g.z * (v.z * scale), g.w * (v.w * scale));
     }
-    __syncthreads();  // partial is rewritten by the next row; `out` is read by every warp
+    __syncthreads();  // block_sum's result is rewritten by the next row; `out` is read by every warp
   }
 }
 // The rows a walk reads: x, or x normalized into shared memory.
@@ -331,7 +326,7 @@ template <class W, int R, int U>
 __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_constant__ Product product) {
   extern __shared__ float4 normalized[];
   __shared__ float sums[kWarps][R];
-  Walk<W, R, U> walk(product, product.x);
+  Walk<W, R, U> walk(product);
   if (!walk.has_work()) return;
   typename W::Raw a[U];
   Cursor load = walk.start();
@@ -396,7 +391,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_pair_kernel(const __gri
   __shared__ float sums[kWarps][R];
   typename W::Raw a[U];
   {
-    Walk<W, R, U> one(first, first.x);
+    Walk<W, R, U> one(first);
     Cursor load = one.start();
     detail::let_next_start();
     if (one.has_work()) one.issue(a, load), one.next(load);
@@ -406,7 +401,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_pair_kernel(const __gri
       one.finish(a, load, sums);
     }
   }
-  Walk<W, R, U> two(second, second.x);
+  Walk<W, R, U> two(second);
   Cursor load = two.start();
   if (two.has_work()) two.issue(a, load), two.next(load);
   grid_sync(pair_barrier);

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <map>
 #include <tuple>
+#include <utility>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -241,6 +242,13 @@ struct CudaTransformer::Impl {
     cuda::rmsnorm(x_rows, norm.get<float>(), out, n, dim, eps, half, stream);
     return out;
   }
+  // A streaming product's input of n rows of RMSNorm(x): x and the norm, which the product applies
+  // itself (no norm launch), or, rows too long for that, x normalized into h and no norm.
+  std::pair<const float*, const float*> streaming_input(const float* x_rows, int64_t n, const DeviceBuffer& norm,
+                                                        int64_t dim, float eps) {
+    if (cuda::matmul_can_normalize(n, dim)) return {x_rows, norm.get<float>()};
+    return {normed(x_rows, n, norm, dim, eps), nullptr};
+  }
   // q, k and v of n rows of RMSNorm(x) for `rope` (whose q, k and v are the packed buffers): one
   // streaming launch over their stacked rows, or on the tensor cores one product of the stacked
   // matrix whose rows RoPE then reads in place (rope.q_in, in_stride), or, when the attention does
@@ -249,10 +257,8 @@ struct CudaTransformer::Impl {
                    cuda::RopeStep& rope) {
     const cuda::MatmulPart parts[] = {{q.get<float>(), L.q_rows}, {k.get<float>(), L.k_rows}, {v.get<float>(), L.v_rows}};
     if (!on_tensor_cores(L.qkv, n)) {
-      if (cuda::matmul_can_normalize(n, L.qkv.cols))  // the product normalizes x itself
-        cuda::matmul(x_rows, n, L.qkv, cuda::MatmulOutput{parts}, stream, L.attn_norm.get<float>(), eps);
-      else
-        cuda::matmul(normed(x_rows, n, L.attn_norm, L.qkv.cols, eps), n, L.qkv, cuda::MatmulOutput{parts}, stream);
+      const auto [in, norm] = streaming_input(x_rows, n, L.attn_norm, L.qkv.cols, eps);
+      cuda::matmul(in, n, L.qkv, cuda::MatmulOutput{parts}, stream, norm, eps);
       return;
     }
     const DeviceMatrix qkv = for_tensor_cores(L.qkv);
@@ -281,11 +287,9 @@ struct CudaTransformer::Impl {
   void mlp(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act, float* y, bool accumulate) {
     if (!on_tensor_cores(L.gate_up, n) && !on_tensor_cores(L.down, n)) {
       const cuda::MatmulPart act_part{act, L.gate_up.rows / 2}, y_part{y, L.down.rows};
-      const bool in_place = cuda::matmul_can_normalize(n, L.gate_up.cols);  // the product normalizes x
-      cuda::matmul_pair(in_place ? x_rows : normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps), n, L.gate_up,
-                        cuda::MatmulOutput{{&act_part, 1}, false, /*swiglu=*/true}, act, L.down,
-                        cuda::MatmulOutput{{&y_part, 1}, accumulate}, stream,
-                        in_place ? L.mlp_norm.get<float>() : nullptr, eps);
+      const auto [in, norm] = streaming_input(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
+      cuda::matmul_pair(in, n, L.gate_up, cuda::MatmulOutput{{&act_part, 1}, false, /*swiglu=*/true}, act, L.down,
+                        cuda::MatmulOutput{{&y_part, 1}, accumulate}, stream, norm, eps);
       return;
     }
     const uint16_t* act_half = mlp_activation(x_rows, n, L, eps, act);
