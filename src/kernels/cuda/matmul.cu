@@ -4,15 +4,17 @@
 // lane keeps two batches of 16-byte loads in flight (read past L1, which keeps x), and the
 // slices' sums meet in shared memory, where the epilogue also splits a stacked q|k|v product into
 // its three outputs or applies SwiGLU to (gate, up) row pairs. Rows of x go in passes of R (1, 2,
-// 4 or 8, templated so one row needs few registers and the SM holds many warps). Two products of
-// which the second reads the first's output (gate|up, then down) can share a launch, a grid-wide
-// barrier between them (matmul_pair). Prefill's many rows go to the tensor cores instead
-// (tensor_core_gemm.h).
+// 4 or 8, templated so one row needs few registers and the SM holds many warps). Prefill's many
+// rows go to the tensor cores instead (tensor_core_gemm.h).
+// (gate|up and down once shared a launch, a grid-wide barrier between them: with the RMSNorm
+// inside the products that became slower than two launches, 1b decode 1,026-1,030 against
+// 1,086-1,088 tok/s after 16 tokens and the 8b preset's 215.6-215.8 against 220.6-220.9, one H200.)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/block_sum.cuh"
@@ -339,78 +341,6 @@ __global__ void __launch_bounds__(32 * kWarps, 4) matmul_kernel(const __grid_con
   walk.finish(a, load, sums);
 }
 
-// Every block of the grid meets here (all are resident: the grid is no larger than the GPU
-// holds), and sees what every block wrote before it. The last to arrive sets the count back to 0
-// and opens the next generation, so the barrier is ready for the next launch. One stream of one
-// process uses it at a time (a process runs one rank). Should the blocks ever not all fit at once
-// (another kernel beside this one, as under MPS), a block that has waited 10 s ends the kernel
-// with an error rather than leave the step hanging.
-struct GridBarrier {
-  unsigned count, generation;
-};
-__device__ GridBarrier pair_barrier;  // zero at load
-
-__device__ __forceinline__ uint64_t nanoseconds() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
-__device__ void grid_sync(GridBarrier& b) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned generation;
-    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(generation) : "l"(&b.generation) : "memory");
-    __threadfence();  // this block's writes before its arrival
-    const bool last = atomicAdd(&b.count, 1u) == gridDim.x - 1;
-    __threadfence();  // the others' writes (fenced before their arrivals) after it, as grid.sync() does
-    if (last) {
-      b.count = 0;
-      asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(&b.generation), "r"(generation + 1) : "memory");
-    } else {
-      const uint64_t since = nanoseconds();
-      unsigned now = generation;
-      while (now == generation) {
-        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(&b.generation) : "memory");
-        if (nanoseconds() - since > 10'000'000'000ull) __trap();
-      }
-    }
-  }
-  __syncthreads();
-}
-
-// Two products in one launch, the second reading what the first writes (SwiGLU's output, then
-// down): a grid-wide barrier between them instead of a kernel boundary, with each block's first
-// weights of the second already in flight when it arrives there. Separate kernels pay each
-// product's start and drain (the 1b preset's gate|up and down: 18.3 + 11.0 us to read their bytes
-// with a kernel each, 25 us in one).
-template <class W, int R, int U>
-__global__ void __launch_bounds__(32 * kWarps, 4) matmul_pair_kernel(const __grid_constant__ Product first,
-                                                                        const __grid_constant__ Product second) {
-  extern __shared__ float4 normalized[];
-  __shared__ float sums[kWarps][R];
-  typename W::Raw a[U];
-  {
-    Walk<W, R, U> one(first);
-    Cursor load = one.start();
-    detail::let_next_start();
-    if (one.has_work()) one.issue(a, load), one.next(load);
-    detail::wait_for_previous();
-    if (one.has_work()) {
-      one.x = input_of(first, reinterpret_cast<float*>(normalized));
-      one.finish(a, load, sums);
-    }
-  }
-  Walk<W, R, U> two(second);
-  Cursor load = two.start();
-  if (two.has_work()) two.issue(a, load), two.next(load);
-  grid_sync(pair_barrier);
-  if (two.has_work()) {
-    two.x = input_of(second, reinterpret_cast<float*>(normalized));
-    two.finish(a, load, sums);
-  }
-}
-
 // One thread per 8 weights: widened to f32 as the matrix-vector kernel does, rounded to f16.
 template <class W>
 __global__ void to_f16_kernel(const void* weights, int64_t rows, int64_t K, int64_t row_bytes, uint4* out) {
@@ -442,26 +372,33 @@ __global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, co
 template <class W>
 constexpr int kLoads = sizeof(typename W::Raw) > 16 ? 2 : 4;
 
-// The launch arguments of y = x W^T for the streaming kernels.
+// The launch arguments of y = x W^T for the streaming kernels, `resident` blocks at once.
 template <class W>
 Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm,
-                   float eps) {
-  // Rows per block: as many as keep about 1024 groups (8 per SM), so wide matrices give each warp
-  // a long stretch of one row and narrow ones split their rows over more warps; but no fewer than
-  // leave each warp's slice a whole batch of loads (1b preset: +3% decode; 512 or 2048 groups
-  // measured slower on the 8b one). SwiGLU's pairs need at least 2.
+                   float eps, int64_t resident) {
+  // Rows per block: of those that leave each warp's slice of a row at least a whole batch of loads
+  // (and SwiGLU its pairs), the ones whose groups keep the busiest block shortest (rounds of the
+  // resident blocks x rows a group); among those, the fewest that still give each warp 4,096
+  // weights of its row, else the most. One H200 against "about 1,024 groups": 1b down 12.3 ->
+  // 11.6 us, 8b o 12.3 -> 11.9, other matrices of both presets as fast or as before (decode: 1b
+  // 972-983 -> 1,005-1,006 tok/s after 512 tokens).
   const int64_t fewest = std::max<int64_t>(out.swiglu ? 2 : 1, kWarps * kLoads<W> * kWarpElements / w.cols);
   int rows_per_block = kWarps;
-  while (rows_per_block / 2 >= fewest && w.rows / rows_per_block < 1024) rows_per_block /= 2;
+  int64_t busiest = std::numeric_limits<int64_t>::max();
+  for (int rows = kWarps; rows >= fewest; rows /= 2) {
+    const int64_t groups = (w.rows + rows - 1) / rows, rounds = (groups + resident - 1) / resident;
+    const bool long_slices = w.cols * rows / kWarps >= 4096;
+    if (rounds * rows < busiest || (rounds * rows == busiest && long_slices)) rows_per_block = rows, busiest = rounds * rows;
+  }
   return {x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), out, rows_per_block, norm, eps};
 }
 
-// Launches K::kernel (a matmul_kernel or matmul_pair_kernel) with as many blocks as fit on the GPU
-// at once (each walks several groups of rows), at most `most`.
-// `shared`: the bytes of the rows the kernel normalizes (at most kNormBytes).
-template <class K, class... Args>
-void launch_resident(const char* name, K, int64_t most, size_t shared, Stream s, Args... args) {
-  constexpr auto kernel = K::kernel;
+// Launches matmul_kernel<W, R, U> with as many blocks as fit on the GPU at once (each walks
+// several groups of rows), at most one a group; with the norm, each normalizes x into shared memory.
+template <class W, int R, int U>
+void launch_resident(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm,
+                     float eps, Stream s) {
+  constexpr auto kernel = matmul_kernel<W, R, U>;
   static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
   if (resident == 0) {
     int device = 0, sms = 0, per_sm = 0;
@@ -471,34 +408,20 @@ void launch_resident(const char* name, K, int64_t most, size_t shared, Stream s,
     if (per_sm < 1) detail::fail_with("CUDA matmul: the streaming kernel does not fit on an SM");
     resident = sms * per_sm;
   }
-  detail::launch_overlapping_shared(shared, name, kernel, unsigned(std::min<int64_t>(resident, most)), 32 * kWarps,
-                                    s, args...);
+  const Product p = product_of<W>(x, M, w, out, norm, eps, resident);
+  const size_t normalized = p.norm ? size_t(p.M * p.K) * sizeof(float) : 0;
+  detail::launch_overlapping_shared(normalized, "matmul", kernel, unsigned(std::min<int64_t>(resident, groups_of(p))),
+                                    32 * kWarps, s, p);
 }
-size_t normalized_bytes(const Product& p) { return p.norm ? size_t(p.M * p.K) * sizeof(float) : 0; }
-
-// Calls f(kernel template instance) for M rows of x: R rows per pass and U loads per batch.
-template <class W, template <class, int, int> class Kernel, class F>
-void with_rows(int64_t M, F&& f) {
-  constexpr int U = kLoads<W>;
-  if (M == 1) f(Kernel<W, 1, U>{});
-  else if (M == 2) f(Kernel<W, 2, U / 2>{});
-  else if (M <= 4) f(Kernel<W, 4, 1>{});
-  else f(Kernel<W, 8, 1>{});
-}
-template <class W, int R, int U>
-struct Single {
-  static constexpr auto kernel = matmul_kernel<W, R, U>;
-};
-template <class W, int R, int U>
-struct Pair {
-  static constexpr auto kernel = matmul_pair_kernel<W, R, U>;
-};
 
 template <class W>
 void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm, float eps,
             Stream s) {
-  const Product p = product_of<W>(x, M, w, out, norm, eps);
-  with_rows<W, Single>(M, [&](auto k) { launch_resident("matmul", k, groups_of(p), normalized_bytes(p), s, p); });
+  constexpr int U = kLoads<W>;  // R rows of x per pass, U loads per batch
+  if (M == 1) launch_resident<W, 1, U>(x, M, w, out, norm, eps, s);
+  else if (M == 2) launch_resident<W, 2, U / 2>(x, M, w, out, norm, eps, s);
+  else if (M <= 4) launch_resident<W, 4, 1>(x, M, w, out, norm, eps, s);
+  else launch_resident<W, 8, 1>(x, M, w, out, norm, eps, s);
 }
 
 // Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
@@ -550,26 +473,6 @@ void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput
   if (norm && !matmul_can_normalize(M, w.cols)) detail::fail_with("CUDA matmul: rows too long to normalize in place");
   const Epilogue e = epilogue_of(w, out);
   with_row_type(w.dtype, [&](auto row) { launch<decltype(row)>(x, M, w, e, norm, eps, s); });
-}
-
-void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const MatmulOutput& out1, const float* x2,
-                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s, const float* norm, float eps) {
-  if (M == 0) return;
-  if (w1.dtype != w2.dtype || w1.rows == 0 || w2.rows == 0) {  // one kernel streams one row type
-    matmul(x, M, w1, out1, s, norm, eps);
-    matmul(x2, M, w2, out2, s);
-    return;
-  }
-  if (norm && !matmul_can_normalize(M, w1.cols)) detail::fail_with("CUDA matmul: rows too long to normalize in place");
-  const Epilogue e1 = epilogue_of(w1, out1), e2 = epilogue_of(w2, out2);
-  with_row_type(w1.dtype, [&](auto row) {
-    using W = decltype(row);
-    const Product p1 = product_of<W>(x, M, w1, e1, norm, eps), p2 = product_of<W>(x2, M, w2, e2, nullptr, 0);
-    // Every block meets the others at the barrier, so the grid is no larger than the GPU holds at once.
-    with_rows<W, Pair>(M, [&](auto k) {
-      launch_resident("matmul pair", k, std::max(groups_of(p1), groups_of(p2)), normalized_bytes(p1), s, p1, p2);
-    });
-  });
 }
 
 void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {

@@ -74,13 +74,6 @@ struct MatmulOutput {
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s,
             const float* norm = nullptr, float eps = 0);
 bool matmul_can_normalize(int64_t M, int64_t K);
-// matmul(x, w1, out1) then matmul(x2, w2, out2), where x2 is what the first writes (a decode
-// step's SwiGLU output, then down), in one launch: the second's first weights are read while the
-// first drains, with a grid-wide barrier between them instead of a kernel boundary. Weights of two
-// dtypes take two launches. `norm` as matmul's, for the first product.
-void matmul_pair(const float* x, int64_t M, const DeviceMatrix& w1, const MatmulOutput& out1, const float* x2,
-                 const DeviceMatrix& w2, const MatmulOutput& out2, Stream s, const float* norm = nullptr,
-                 float eps = 0);
 // x [n][table.cols] = rows ids[0..n) of `table` (the embedding) widened to f32 as matmul reads
 // them. The ids must be rows of the table: the caller checks them.
 void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s);

@@ -282,16 +282,8 @@ struct CudaTransformer::Impl {
       begin += p.rows;
     }
   }
-  // y (+)= down(silu(gate) * up) of n rows of RMSNorm(x), through act: a decode step streams gate|up
-  // and down in one launch (1b preset: the two took 32 us of a 55 us layer as two kernels).
+  // y (+)= down(silu(gate) * up) of n rows of RMSNorm(x), through act.
   void mlp(const float* x_rows, int64_t n, const DeviceLayer& L, float eps, float* act, float* y, bool accumulate) {
-    if (!on_tensor_cores(L.gate_up, n) && !on_tensor_cores(L.down, n)) {
-      const cuda::MatmulPart act_part{act, L.gate_up.rows / 2}, y_part{y, L.down.rows};
-      const auto [in, norm] = streaming_input(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
-      cuda::matmul_pair(in, n, L.gate_up, cuda::MatmulOutput{{&act_part, 1}, false, /*swiglu=*/true}, act, L.down,
-                        cuda::MatmulOutput{{&y_part, 1}, accumulate}, stream, norm, eps);
-      return;
-    }
     const uint16_t* act_half = mlp_activation(x_rows, n, L, eps, act);
     matmul(act, n, L.down, y, accumulate, act_half);
   }
@@ -316,9 +308,9 @@ struct CudaTransformer::Impl {
       cuda::swiglu_pairs(gate_up.get<float>(), act, n, L.gate_up.rows, stream);
       return nullptr;
     }
-    const float* in = normed(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
+    const auto [in, norm] = streaming_input(x_rows, n, L.mlp_norm, L.gate_up.cols, eps);
     const cuda::MatmulPart part{act, L.gate_up.rows / 2};
-    cuda::matmul(in, n, L.gate_up, cuda::MatmulOutput{{&part, 1}, false, /*swiglu=*/true}, stream);
+    cuda::matmul(in, n, L.gate_up, cuda::MatmulOutput{{&part, 1}, false, /*swiglu=*/true}, stream, norm, eps);
     return nullptr;
   }
 };
