@@ -16,7 +16,7 @@ namespace {
 // The NCCL entry points used, resolved once per process.
 struct Nccl {
   decltype(&ncclGetUniqueId) get_unique_id = nullptr;
-  decltype(&ncclCommInitRank) init_rank = nullptr;
+  decltype(&ncclCommInitRankConfig) init_rank = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
   decltype(&ncclSend) send = nullptr;
   decltype(&ncclRecv) recv = nullptr;
@@ -38,7 +38,7 @@ const Nccl& nccl() {
     }
     try {
       lib.resolve(a.get_unique_id, "ncclGetUniqueId");
-      lib.resolve(a.init_rank, "ncclCommInitRank");
+      lib.resolve(a.init_rank, "ncclCommInitRankConfig");
       lib.resolve(a.all_reduce, "ncclAllReduce");
       lib.resolve(a.send, "ncclSend");
       lib.resolve(a.recv, "ncclRecv");
@@ -57,6 +57,19 @@ const Nccl& nccl() {
 
 void check_nccl(ncclResult_t r, const char* what, int rank) {
   if (r != ncclSuccess) throw CommError(fmt::format("NCCL on rank {}: {} failed: {}", rank, what, nccl().error_string(r)));
+}
+
+// The communicators are nonblocking, so that a start whose peers never come can be given up: a
+// call may return ncclInProgress and finish in the background, and the communicator's state says
+// when (NCCL: poll ncclCommGetAsyncError before the next call). The result once settled, or
+// ncclInProgress still at `deadline`.
+ncclResult_t settled(ncclComm_t comm, ncclResult_t r, std::chrono::steady_clock::time_point deadline) {
+  while (r == ncclInProgress && comm) {
+    if (std::chrono::steady_clock::now() > deadline) return r;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    nccl().async_error(comm, &r);
+  }
+  return r;
 }
 
 void check_cuda(cudaError_t e, const char* what) {
@@ -87,21 +100,54 @@ std::unique_ptr<NcclGroup> NcclGroup::create(Group& group, int device, std::chro
         return nullptr;
       }
   }
-  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);  // NVLink multicast: off unless asked for
+  std::vector<uint8_t> id(sizeof(ncclUniqueId));
+  if (group.rank() == 0) id = new_id(why);
+  SHARDLM_CHECK(!id.empty(), "NCCL on rank 0: {}", *why);
+  std::vector<uint8_t> ids(id.size() * size_t(group.size()));
+  group.all_gather(id.data(), id.size(), ids.data());  // the host group is authenticated: only peers see it
+  return join({ids.begin(), ids.begin() + std::ptrdiff_t(id.size())}, group.rank(), group.size(), device, timeout);
+}
+
+std::vector<uint8_t> NcclGroup::new_id(std::string* why) {
+  const Nccl& api = nccl();
+  if (!api.init_rank) {
+    *why = api.why;
+    return {};
+  }
   ncclUniqueId id;
-  std::memset(&id, 0, sizeof id);
-  if (group.rank() == 0) check_nccl(api.get_unique_id(&id), "ncclGetUniqueId", 0);
-  std::vector<ncclUniqueId> ids(size_t(group.size()));
-  group.all_gather(&id, sizeof id, ids.data());  // the host group is authenticated: only peers see it
-  std::unique_ptr<NcclGroup> r(new NcclGroup);
-  r->rank_ = group.rank();
-  r->size_ = group.size();
-  r->timeout_ = timeout;
+  check_nccl(api.get_unique_id(&id), "ncclGetUniqueId", 0);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&id);
+  return {bytes, bytes + sizeof id};
+}
+
+std::unique_ptr<NcclGroup> NcclGroup::join(const std::vector<uint8_t>& id, int rank, int size, int device,
+                                           std::chrono::seconds timeout) {
+  const Nccl& api = nccl();
+  SHARDLM_CHECK(api.init_rank, "{}", api.why);
+  SHARDLM_CHECK(id.size() == sizeof(ncclUniqueId) && rank >= 0 && rank < size,
+                "internal: NCCL rank {} of {} joining on an id of {} bytes", rank, size, id.size());
+  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);  // NVLink multicast: off unless asked for
+  ncclUniqueId unique;
+  std::memcpy(&unique, id.data(), sizeof unique);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
   ncclComm_t comm = nullptr;
-  check_nccl(api.init_rank(&comm, group.size(), ids[0], group.rank()), "ncclCommInitRank", group.rank());
-  r->comm_ = comm;
-  return r;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const ncclResult_t r = settled(comm, api.init_rank(&comm, size, unique, rank, &config), deadline);
+  if (r != ncclSuccess) {
+    if (comm) api.abort(comm);
+    if (r == ncclInProgress)
+      throw CommError(fmt::format("NCCL on rank {}: the group's start did not finish in {} s (a rank lost?)", rank,
+                                  timeout.count()));
+    check_nccl(r, "ncclCommInitRankConfig", rank);
+  }
+  std::unique_ptr<NcclGroup> g(new NcclGroup);
+  g->comm_ = comm;
+  g->rank_ = rank;
+  g->size_ = size;
+  g->timeout_ = timeout;
+  return g;
 }
 
 NcclGroup::~NcclGroup() {
@@ -113,6 +159,16 @@ NcclGroup::~NcclGroup() {
 void NcclGroup::abort() {
   if (comm_) nccl().abort(ncclComm_t(comm_));
   comm_ = nullptr;
+}
+
+void NcclGroup::settle(int result, const char* what) {
+  const ncclResult_t r = settled(ncclComm_t(comm_), ncclResult_t(result), std::chrono::steady_clock::now() + timeout_);
+  if (r == ncclInProgress) {
+    failed_ = true;
+    throw CommError(fmt::format("NCCL on rank {}: {} did not finish in {} s (a peer lost?)", rank_, what,
+                                timeout_.count()));
+  }
+  check_nccl(r, what, rank_);
 }
 
 template <class F>
@@ -157,22 +213,21 @@ void NcclGroup::replayed(const Captured& c, int weight) {
 
 void NcclGroup::sum(float* data, int64_t count, void* stream) {
   timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
-    check_nccl(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s),
-               "ncclAllReduce", rank_);
+    settle(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s), "ncclAllReduce");
   });
 }
 
 void NcclGroup::send(int peer, const float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL send to rank {} of {}", peer, size_);
   timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
-    check_nccl(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclSend", rank_);
+    settle(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclSend");
   });
 }
 
 void NcclGroup::recv(int peer, float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL recv from rank {} of {}", peer, size_);
   timed(stream, 0, [&](cudaStream_t s) {
-    check_nccl(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclRecv", rank_);
+    settle(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclRecv");
   });
 }
 

@@ -3,6 +3,8 @@
 // loaded at run time (dlopen), so the binary starts without it; the ranks' host Group carries
 // NCCL's id and their agreement.
 #pragma once
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +21,13 @@ class NcclGroup : public DeviceGroup {
   // (NCCL not found on some rank, two ranks on one GPU, or its start failed). NVLink multicast
   // stays off unless the environment turns it on (NCCL_NVLS_ENABLE).
   static std::unique_ptr<NcclGroup> create(Group& group, int device, std::chrono::seconds timeout, std::string* why);
+  // create()'s two steps once the ranks agree: rank 0 makes an id (empty, with `why`, where NCCL
+  // is missing) that the host group hands to the others, and each rank joins the group on it. A
+  // rank waits at most `timeout` for the others to join (a rank lost before it started): then
+  // CommError, its half-started communicator aborted.
+  static std::vector<uint8_t> new_id(std::string* why);
+  static std::unique_ptr<NcclGroup> join(const std::vector<uint8_t>& id, int rank, int size, int device,
+                                         std::chrono::seconds timeout);
   ~NcclGroup() override;
 
   void sum(float* data, int64_t count, void* stream) override;
@@ -37,6 +46,8 @@ class NcclGroup : public DeviceGroup {
   // Runs one NCCL call that sends `bytes`, between two timing events on `stream`.
   template <class F>
   void timed(void* stream, uint64_t bytes, F&& call);
+  // Checks an NCCL call's result, waiting (at most timeout_) for one still in progress.
+  void settle(int result, const char* what);
   void* comm_ = nullptr;  // ncclComm_t
   std::chrono::seconds timeout_{};
   // Each operation of the step, in order: its start and end events (cudaEvent_t) and how many
