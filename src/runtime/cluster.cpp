@@ -92,6 +92,7 @@ void Cluster::start(const ClusterOptions& o) {
   ro.max_sequences = o.max_batch;
   ro.kv_memory = o.kv_memory;
   ro.device = o.device;
+  ro.timeout = o.timeout;
 
   if (o.backend == "mpi") {
     comm::GroupSpec spec;

@@ -82,7 +82,8 @@ void serve_rank_job(int fd) {
   spec.listen_fd = job_field<int>(job, "listen_fd", from);
   spec.secret = job_field<std::string>(job, "secret", from);
   spec.timeout = std::chrono::milliseconds(job_field<int64_t>(job, "timeout_ms", from));
-  const RankOptions o = rank_options_from_job(job, from);
+  RankOptions o = rank_options_from_job(job, from);
+  o.timeout = spec.timeout;
   SHARDLM_CHECK(spec.size >= 2 && spec.rank >= 1 && spec.rank < spec.size, "malformed rank job: rank {} of {}", spec.rank,
                 spec.size);
   try {

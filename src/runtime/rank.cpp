@@ -62,12 +62,13 @@ double Rank::comm_s() const {
 
 namespace {
 // NCCL over `group` for a pass on `device`, or null with the reason in `why`.
-std::unique_ptr<DeviceGroup> device_group(comm::Group& group, int device, std::string* why) {
+std::unique_ptr<DeviceGroup> device_group(comm::Group& group, int device, std::chrono::milliseconds timeout,
+                                          std::string* why) {
   *why = "this shardlm was built without NCCL (nccl.h was not found)";
 #if SHARDLM_HAVE_NCCL
-  return comm::NcclGroup::create(group, device, comm::kDefaultTimeout, why);
+  return comm::NcclGroup::create(group, device, std::chrono::ceil<std::chrono::seconds>(timeout), why);
 #else
-  (void)group, (void)device;
+  (void)group, (void)device, (void)timeout;
   return nullptr;
 #endif
 }
@@ -104,14 +105,14 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
     if (gpu >= 0) {
-      device_all_reduce_ = device_group(*tp_group_, gpu, &why);
+      device_all_reduce_ = device_group(*tp_group_, gpu, o.timeout, &why);
       if (device_all_reduce_) transformer_->set_device_all_reduce(device_all_reduce_.get());
       else log_info("rank {}: tensor-parallel sums go through the host: {}", world.rank(), why);
     }
   }
   if (plan_.pp > 1 && gpu >= 0) {
     pipeline_group_ = world.split(tp_rank_, stage_);  // its rank s is stage s
-    device_pipeline_ = device_group(*pipeline_group_, gpu, &why);
+    device_pipeline_ = device_group(*pipeline_group_, gpu, o.timeout, &why);
     if (device_pipeline_)
       transformer_->set_device_pipeline(device_pipeline_.get(), stage_ > 0 ? stage_ - 1 : -1,
                                         stage_ < last_stage_ ? stage_ + 1 : -1);

@@ -17,6 +17,7 @@
 // Rank 0 may issue the next step before the last one's tokens are back: under PP the steps of
 // different micro-batches then occupy different stages at once.
 #pragma once
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -42,6 +43,7 @@ struct RankOptions {
   int max_sequences = 1;       // sequences live at once (cache slots)
   int64_t kv_memory = 0;       // bytes of KV cache per rank; 0: max_sequences x max_context positions
   std::string device = "cpu";  // cpu, or cuda (each rank on GPU rank % GPUs)
+  std::chrono::milliseconds timeout = comm::kDefaultTimeout;  // the cluster's: NCCL's waits too
 };
 
 // True once this process has put a rank on a GPU (always false in a build without CUDA).

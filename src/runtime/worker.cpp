@@ -46,6 +46,7 @@ void run_job(ControlLink& link, const WorkerOptions& o, const std::string& liste
     throw comm::CommError(fmt::format("job from {}: {} endpoints for {} ranks", link.peer(), spec.endpoints.size(), world));
   log_info("worker: rank {} of {} ({} pp {} tp {})", rank, world, ro.model_path, ro.plan.pp, ro.plan.tp);
   auto group = comm::connect(spec);
+  ro.timeout = spec.timeout;
   Rank r(ro, *group);
   r.serve();
 }

@@ -129,7 +129,9 @@ TEST(Engine, GgufQuantizedMatchesItsDequantizedWeightsAndStaysCloseToF32) {
     double err = test::max_relative_error(rq.first_logits, rr.first_logits);
     std::printf("%s: max relative logit error vs the f32 model %.4g\n", std::string(dtype_name(dtype)).c_str(), err);
     EXPECT_LT(err, tolerance) << dtype_name(dtype);
-    if (dtype == DType::Q8_0) EXPECT_EQ(rq.output_ids[0], rr.output_ids[0]);
+    if (dtype == DType::Q8_0) {
+      EXPECT_EQ(rq.output_ids[0], rr.output_ids[0]);
+    }
   }
 }
 

@@ -71,7 +71,9 @@ void check_against_reference(const std::string& golden_name, const std::string& 
     EXPECT_LT(err, tolerance) << golden_name << " prompt: " << text;
     ::testing::Test::RecordProperty(golden_name + ":" + std::to_string(ids.size()), std::to_string(err));
     std::printf("%s  %3zu tokens  max relative logit error %.3g\n", golden_name.c_str(), ids.size(), err);
-    if (check_greedy) EXPECT_EQ(r.output_ids, p["greedy"].get<std::vector<int32_t>>()) << golden_name << ": " << text;
+    if (check_greedy) {
+      EXPECT_EQ(r.output_ids, p["greedy"].get<std::vector<int32_t>>()) << golden_name << ": " << text;
+    }
   }
 }
 

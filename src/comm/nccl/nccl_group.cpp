@@ -22,6 +22,7 @@ struct Nccl {
   decltype(&ncclRecv) recv = nullptr;
   decltype(&ncclCommGetAsyncError) async_error = nullptr;
   decltype(&ncclCommAbort) abort = nullptr;
+  decltype(&ncclCommFinalize) finalize = nullptr;
   decltype(&ncclCommDestroy) destroy = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
   std::string why;
@@ -30,6 +31,7 @@ struct Nccl {
 const Nccl& nccl() {
   static const Nccl api = [] {
     Nccl a;
+    ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);  // NVLink multicast: off unless asked for
     const SharedLibrary lib =
         SharedLibrary::open("SHARDLM_NCCL", {"libnccl.so.2", "/usr/local/cuda/lib64/libnccl.so.2"});
     if (!lib) {
@@ -44,6 +46,7 @@ const Nccl& nccl() {
       lib.resolve(a.recv, "ncclRecv");
       lib.resolve(a.async_error, "ncclCommGetAsyncError");
       lib.resolve(a.abort, "ncclCommAbort");
+      lib.resolve(a.finalize, "ncclCommFinalize");
       lib.resolve(a.destroy, "ncclCommDestroy");
       lib.resolve(a.error_string, "ncclGetErrorString");
     } catch (const Error& e) {
@@ -64,10 +67,12 @@ void check_nccl(ncclResult_t r, const char* what, int rank) {
 // when (NCCL: poll ncclCommGetAsyncError before the next call). The result once settled, or
 // ncclInProgress still at `deadline`.
 ncclResult_t settled(ncclComm_t comm, ncclResult_t r, std::chrono::steady_clock::time_point deadline) {
-  while (r == ncclInProgress && comm) {
+  if (r == ncclInProgress && !comm) return ncclInternalError;  // nothing to ask
+  while (r == ncclInProgress) {
     if (std::chrono::steady_clock::now() > deadline) return r;
     std::this_thread::sleep_for(std::chrono::microseconds(50));
-    nccl().async_error(comm, &r);
+    const ncclResult_t asked = nccl().async_error(comm, &r);
+    if (asked != ncclSuccess) return asked;
   }
   return r;
 }
@@ -126,7 +131,6 @@ std::unique_ptr<NcclGroup> NcclGroup::join(const std::vector<uint8_t>& id, int r
   SHARDLM_CHECK(api.init_rank, "{}", api.why);
   SHARDLM_CHECK(id.size() == sizeof(ncclUniqueId) && rank >= 0 && rank < size,
                 "internal: NCCL rank {} of {} joining on an id of {} bytes", rank, size, id.size());
-  ::setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);  // NVLink multicast: off unless asked for
   ncclUniqueId unique;
   std::memcpy(&unique, id.data(), sizeof unique);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
@@ -134,7 +138,8 @@ std::unique_ptr<NcclGroup> NcclGroup::join(const std::vector<uint8_t>& id, int r
   config.blocking = 0;
   ncclComm_t comm = nullptr;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  const ncclResult_t r = settled(comm, api.init_rank(&comm, size, unique, rank, &config), deadline);
+  const ncclResult_t started = api.init_rank(&comm, size, unique, rank, &config);  // sets comm: before settled()
+  const ncclResult_t r = settled(comm, started, deadline);
   if (r != ncclSuccess) {
     if (comm) api.abort(comm);
     if (r == ncclInProgress)
@@ -152,8 +157,13 @@ std::unique_ptr<NcclGroup> NcclGroup::join(const std::vector<uint8_t>& id, int r
 
 NcclGroup::~NcclGroup() {
   for (const Timing& t : events_) cudaEventDestroy(cudaEvent_t(t.start)), cudaEventDestroy(cudaEvent_t(t.end));
-  if (failed_) abort();  // destroying would wait for the lost peer
-  else if (comm_) nccl().destroy(ncclComm_t(comm_));
+  if (!comm_) return;
+  // A clean end flushes the communicator (every rank's last transfers) within the timeout; after
+  // an error, or a peer that never finishes, it is aborted instead (destroying waits for peers).
+  const ncclComm_t comm = ncclComm_t(comm_);
+  if (!failed_ && settled(comm, nccl().finalize(comm), std::chrono::steady_clock::now() + timeout_) == ncclSuccess)
+    nccl().destroy(comm);
+  else nccl().abort(comm);
 }
 
 void NcclGroup::abort() {
@@ -163,11 +173,11 @@ void NcclGroup::abort() {
 
 void NcclGroup::settle(int result, const char* what) {
   const ncclResult_t r = settled(ncclComm_t(comm_), ncclResult_t(result), std::chrono::steady_clock::now() + timeout_);
-  if (r == ncclInProgress) {
-    failed_ = true;
+  if (r == ncclSuccess) return;
+  failed_ = true;  // NCCL's word after an error: abort the communicator, never destroy it
+  if (r == ncclInProgress)
     throw CommError(fmt::format("NCCL on rank {}: {} did not finish in {} s (a peer lost?)", rank_, what,
                                 timeout_.count()));
-  }
   check_nccl(r, what, rank_);
 }
 

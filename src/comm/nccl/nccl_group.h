@@ -63,7 +63,7 @@ class NcclGroup : public DeviceGroup {
   double seconds_ = 0;
   uint64_t bytes_sent_ = 0;
   bool capturing_ = false, capture_timed_ = false;
-  bool failed_ = false;  // wait() threw: the communicator is aborted, never destroyed
+  bool failed_ = false;  // a call or wait() failed: the communicator is aborted, never destroyed
   Captured capture_;
   int rank_ = 0, size_ = 0;
 };

@@ -399,15 +399,14 @@ template <class W, int R, int U>
 void launch_resident(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm,
                      float eps, Stream s) {
   constexpr auto kernel = matmul_kernel<W, R, U>;
-  static int resident = 0;  // blocks per SM x SMs, the same for every launch of this kernel
-  if (resident == 0) {
+  static const int64_t resident = [] {  // blocks per SM x SMs, the same for every launch of this kernel
     int device = 0, sms = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * kWarps, kNormBytes);
-    if (per_sm < 1) detail::fail_with("CUDA matmul: the streaming kernel does not fit on an SM");
-    resident = sms * per_sm;
-  }
+    if (sms < 1 || per_sm < 1) detail::fail_with("CUDA matmul: the streaming kernel does not fit on an SM");
+    return int64_t(sms) * per_sm;
+  }();
   const Product p = product_of<W>(x, M, w, out, norm, eps, resident);
   const size_t normalized = p.norm ? size_t(p.M * p.K) * sizeof(float) : 0;
   detail::launch_overlapping_shared(normalized, "matmul", kernel, unsigned(std::min<int64_t>(resident, groups_of(p))),
@@ -444,8 +443,8 @@ void with_row_type(DType dtype, F&& f) {
 // The epilogue of `out`, checked against the matrix.
 Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
   char why[160];
-  if (w.cols % 8 != 0) {
-    std::snprintf(why, sizeof why, "CUDA matmul: %lld columns is not a multiple of 8", (long long)w.cols);
+  if (w.cols % 8 != 0 || w.cols == 0) {
+    std::snprintf(why, sizeof why, "CUDA matmul: %lld columns is not a positive multiple of 8", (long long)w.cols);
     detail::fail_with(why);
   }
   // Each part's columns of the product (swiglu: twice its own, the gate and up of each).

@@ -527,14 +527,15 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   };
   // Decode steps (and short chunks) as graphs: not flash attention (its grid and scratch vary with
   // the context), nor tensor-parallel sums through the host (NCCL's are captured with the rest).
-  if (d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_))
-    d.replay({n, grid, decode_step}, enqueue_layers, device_all_reduce_);
-  else enqueue_layers();
-  if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
-  // Bounded, unlike a copy that waits on peers. A lost peer leaves NCCL's kernels waiting: the
-  // graphs that captured them go first (NCCL's abort waits for those), then every group is
-  // aborted, which ends the kernels, before anything can free memory they use.
+  // The wait is bounded, unlike a copy that waits on peers. A lost peer (or any failure once the
+  // step's transfers may be queued) leaves NCCL's kernels waiting: the graphs that captured them
+  // go first (NCCL's abort waits for those), then every group is aborted, which ends the kernels,
+  // before anything can free memory they use.
   try {
+    if (d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_))
+      d.replay({n, grid, decode_step}, enqueue_layers, device_all_reduce_);
+    else enqueue_layers();
+    if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
     for (DeviceGroup* g : {device_all_reduce_, pipeline_})
       if (g) g->wait(s);
   } catch (...) {
