@@ -372,24 +372,35 @@ __global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, co
 template <class W>
 constexpr int kLoads = sizeof(typename W::Raw) > 16 ? 2 : 4;
 
+// Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
+template <class F>
+void with_row_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::BF16:
+      return f(Bf16Row{});
+    case DType::F32:
+      return f(F32Row{});
+    case DType::F16:
+      return f(F16Row{});
+    case DType::Q8_0:
+      return f(Q8Row{});
+    case DType::Q4_0:
+      return f(Q4Row{});
+  }
+}
+
+// Weights a warp reads of a row per batch of loads (kLoads of 8).
+int64_t batch_weights(DType dtype) {
+  int64_t loads = 0;
+  with_row_type(dtype, [&](auto row) { loads = kLoads<decltype(row)>; });
+  return loads * kWarpElements;
+}
+
 // The launch arguments of y = x W^T for the streaming kernels, `resident` blocks at once.
 template <class W>
 Product product_of(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& out, const float* norm,
                    float eps, int64_t resident) {
-  // Rows per block: of those that leave each warp's slice of a row at least a whole batch of loads
-  // (and SwiGLU its pairs), the ones whose groups keep the busiest block shortest (rounds of the
-  // resident blocks x rows a group); among those, the fewest that still give each warp 4,096
-  // weights of its row, else the most. One H200 against "about 1,024 groups": 1b down 12.3 ->
-  // 11.6 us, 8b o 12.3 -> 11.9, other matrices of both presets as fast or as before (decode: 1b
-  // 972-983 -> 1,005-1,006 tok/s after 512 tokens).
-  const int64_t fewest = std::max<int64_t>(out.swiglu ? 2 : 1, kWarps * kLoads<W> * kWarpElements / w.cols);
-  int rows_per_block = kWarps;
-  int64_t busiest = std::numeric_limits<int64_t>::max();
-  for (int rows = kWarps; rows >= fewest; rows /= 2) {
-    const int64_t groups = (w.rows + rows - 1) / rows, rounds = (groups + resident - 1) / resident;
-    const bool long_slices = w.cols * rows / kWarps >= 4096;
-    if (rounds * rows < busiest || (rounds * rows == busiest && long_slices)) rows_per_block = rows, busiest = rounds * rows;
-  }
+  const int rows_per_block = matmul_rows_per_block(w.rows, w.cols, w.dtype, out.swiglu, resident);
   return {x, M, w.data, w.rows, w.cols, dtype_bytes(w.dtype, w.cols), out, rows_per_block, norm, eps};
 }
 
@@ -423,23 +434,6 @@ void launch(const float* x, int64_t M, const DeviceMatrix& w, const Epilogue& ou
   else launch_resident<W, 8, 1>(x, M, w, out, norm, eps, s);
 }
 
-// Calls f with a value of the row type of `dtype` (every type of core/dtype.h has one).
-template <class F>
-void with_row_type(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::BF16:
-      return f(Bf16Row{});
-    case DType::F32:
-      return f(F32Row{});
-    case DType::F16:
-      return f(F16Row{});
-    case DType::Q8_0:
-      return f(Q8Row{});
-    case DType::Q4_0:
-      return f(Q4Row{});
-  }
-}
-
 // The epilogue of `out`, checked against the matrix.
 Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
   char why[160];
@@ -463,6 +457,25 @@ Epilogue epilogue_of(const DeviceMatrix& w, const MatmulOutput& out) {
 }
 
 }  // namespace
+
+int matmul_rows_per_block(int64_t rows, int64_t cols, DType dtype, bool swiglu, int64_t resident) {
+  // Of the row counts that leave each warp's slice of a row at least a whole batch of loads (and
+  // SwiGLU its pairs), the ones whose groups keep the busiest block shortest (rounds of the
+  // resident blocks x rows a group); among those, the fewest that still give each warp 4,096
+  // weights of its row, else the most. One H200 against "about 1,024 groups": 1b down 12.3 ->
+  // 11.6 us, 8b o 12.3 -> 11.9, other matrices of both presets as fast or as before (decode: 1b
+  // 972-983 -> 1,005-1,006 tok/s after 512 tokens).
+  const int64_t fewest = std::max<int64_t>(swiglu ? 2 : 1, kWarps * batch_weights(dtype) / std::max<int64_t>(cols, 1));
+  const int64_t blocks = std::max<int64_t>(resident, 1);
+  int rows_per_block = kWarps;
+  int64_t busiest = std::numeric_limits<int64_t>::max();
+  for (int r = kWarps; r >= fewest; r /= 2) {
+    const int64_t groups = (rows + r - 1) / r, rounds = (groups + blocks - 1) / blocks;
+    const bool long_slices = cols * r / kWarps >= 4096;
+    if (rounds * r < busiest || (rounds * r == busiest && long_slices)) rows_per_block = r, busiest = rounds * r;
+  }
+  return rows_per_block;
+}
 
 bool matmul_can_normalize(int64_t M, int64_t K) { return K % 4 == 0 && M * K * int64_t(sizeof(float)) <= kNormBytes; }
 

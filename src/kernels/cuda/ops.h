@@ -74,6 +74,10 @@ struct MatmulOutput {
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, const MatmulOutput& out, Stream s,
             const float* norm = nullptr, float eps = 0);
 bool matmul_can_normalize(int64_t M, int64_t K);
+// How many weight rows a block of the streaming kernel takes at a time (1, 2, 4 or 8: its 8 warps
+// split each row into 8 / that slices), for a matrix of rows x cols in `dtype`, `resident` blocks
+// on the GPU at once (host code: tests check the choice without a GPU).
+int matmul_rows_per_block(int64_t rows, int64_t cols, DType dtype, bool swiglu, int64_t resident);
 // x [n][table.cols] = rows ids[0..n) of `table` (the embedding) widened to f32 as matmul reads
 // them. The ids must be rows of the table: the caller checks them.
 void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s);
