@@ -163,7 +163,7 @@ NcclGroup::~NcclGroup() {
   const ncclComm_t comm = ncclComm_t(comm_);
   if (!failed_ && settled(comm, nccl().finalize(comm), std::chrono::steady_clock::now() + timeout_) == ncclSuccess)
     nccl().destroy(comm);
-  else nccl().abort(comm);
+  else abort();
 }
 
 void NcclGroup::abort() {

@@ -4,6 +4,7 @@
 // Calls are asynchronous on `stream`; errors of the launch throw shardlm::Error.
 #pragma once
 #include <bit>
+#include <compare>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -136,12 +137,7 @@ struct AttentionShape {
 struct AttentionGrid {
   int64_t splits = 1;
   int heads = 1;
-  friend bool operator==(const AttentionGrid& a, const AttentionGrid& b) {
-    return a.splits == b.splits && a.heads == b.heads;
-  }
-  friend bool operator<(const AttentionGrid& a, const AttentionGrid& b) {
-    return a.splits != b.splits ? a.splits < b.splits : a.heads < b.heads;
-  }
+  friend auto operator<=>(const AttentionGrid&, const AttentionGrid&) = default;  // graphs are keyed by it
 };
 AttentionGrid attention_grid(int64_t n_tokens, int64_t max_pos, const AttentionShape& shape);
 // The most query heads a block can take: a grid's `heads` divides it (1 where heads cannot share).
