@@ -256,9 +256,13 @@ std::vector<GenerateResult> Cluster::run(const std::vector<GenerateRequest>& req
   SHARDLM_CHECK(healthy_, "the ranks of this run failed earlier; start a new one");
   try {
     return scheduler_->run(requests, on_token);
-  } catch (const comm::CommError&) {
+  } catch (const comm::CommError& e) {
     healthy_ = false;  // the ranks are out of step: don't talk to them again
-    throw;
+    // A survivor that only saw its transfers stall (NCCL: a peer lost mid-step) cannot tell
+    // which peer is gone; the local ranks' exits can.
+    const std::string lost = exited_ranks();
+    if (lost.empty() || std::string(e.what()).find(lost) != std::string::npos) throw;
+    throw comm::CommError(fmt::format("{} ({})", e.what(), lost));
   }
 }
 
@@ -269,6 +273,19 @@ nlohmann::json Cluster::rank_reports() {
     healthy_ = false;
     throw;
   }
+}
+
+std::string Cluster::exited_ranks() const {
+  std::string out;
+  for (size_t i = 0; i < children_.size(); ++i) {
+    siginfo_t info{};
+    // WNOWAIT: only look; shutdown_quietly() reaps it.
+    if (::waitid(P_PID, id_t(children_[i]), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) continue;
+    if (!out.empty()) out += "; ";
+    out += info.si_code == CLD_EXITED ? fmt::format("rank {} exited with status {}", i + 1, info.si_status)
+                                      : fmt::format("rank {} was killed by signal {}", i + 1, info.si_status);
+  }
+  return out;
 }
 
 void Cluster::shutdown_quietly() {

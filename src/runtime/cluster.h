@@ -75,6 +75,8 @@ class Cluster {
   void start_local(const ClusterOptions& o, RankOptions rank_options);
   void start_remote(const ClusterOptions& o, const RankOptions& rank_options);
   void shutdown_quietly();
+  // "rank R was killed by signal S; ..." for the local ranks that have ended (empty: none).
+  std::string exited_ranks() const;
 
   bool driver_ = true;
   std::vector<int> children_;  // pids of local ranks

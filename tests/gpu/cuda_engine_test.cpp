@@ -1,10 +1,13 @@
 // The CUDA forward pass against the CPU one on the same models: the same greedy tokens, and first
 // logits within 1e-4 relative for f32 weights (a different summation order) and 1e-2 for bf16 (the
 // CPU widens bf16 to f32 exactly too, so this is loose on purpose: it is the bf16
-// tolerance). Also PP2 and TP2 with every rank on the GPU. Skips where no GPU is visible (CI).
+// tolerance). Also PP2 and TP2 with every rank on the GPU, and a TP2 run that loses a rank.
+// Skips where no GPU is visible (CI).
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 
 #include "core/error.h"
@@ -226,3 +229,55 @@ void check_split_on_gpus(int pp, int tp) {
 
 TEST(Cuda, PipelineParallelRanksOnGpus) { check_split_on_gpus(2, 1); }
 TEST(Cuda, TensorParallelRanksOnGpus) { check_split_on_gpus(1, 2); }
+
+// A rank lost mid-decode: rank 1 of a TP2 or PP2 run over NCCL is killed while the steps replay
+// CUDA graphs whose all-reduces or hand-offs wait for it. Rank 0 (this process, GPU 0) may see
+// only its transfers stall: it gives up within the cluster's timeout, aborts its NCCL group, and
+// the error names the lost rank; the GPU then runs a model again (the aborted group left nothing
+// waiting on it).
+void check_lost_rank_on_gpus(int pp, int tp) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (gpu_count() < 2) GTEST_SKIP() << "needs two GPUs (NCCL between them)";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  set_rank_executable(test::shardlm_binary());
+  ClusterOptions o;
+  o.model_path = model;
+  o.pp = pp, o.tp = tp;
+  o.context = 512;
+  o.threads_per_rank = 1;
+  o.device = "cuda";
+  o.timeout = std::chrono::seconds(5);
+  std::string error;
+  double seconds = 0;
+  pid_t victim = 0;
+  {
+    Cluster c(o);
+    const nlohmann::json reports = c.rank_reports();
+    ASSERT_EQ(reports[1][tp > 1 ? "tp_all_reduce" : "pp_hand_off"], "nccl") << reports.dump();
+    victim = reports[1]["pid"].get<pid_t>();
+    GenerateRequest r = request();
+    r.max_new_tokens = 400;
+    auto killed = std::chrono::steady_clock::now();
+    int produced = 0;
+    try {
+      c.generate(r, [&](int32_t, const std::string&) {
+        if (++produced == 8) {
+          ::kill(victim, SIGKILL);
+          killed = std::chrono::steady_clock::now();
+        }
+      });
+      ADD_FAILURE() << "the run went on without rank 1";
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  }  // the destructor reaps rank 1
+  std::printf("pp %d tp %d, lost rank: %s (after %.1f s)\n", pp, tp, error.c_str(), seconds);
+  EXPECT_NE(error.find("rank 1 was killed by signal 9"), std::string::npos) << error;
+  EXPECT_LT(seconds, 30.0);  // within the timeout and the abort, not forever
+  EXPECT_NE(::kill(victim, 0), 0);  // gone and reaped
+  EXPECT_EQ(run_engine(model, "cuda").output_ids, run_engine(model, "cpu").output_ids);
+}
+
+TEST(Cuda, KilledRankStopsATensorParallelRunOnGpus) { check_lost_rank_on_gpus(1, 2); }
+TEST(Cuda, KilledRankStopsAPipelineRunOnGpus) { check_lost_rank_on_gpus(2, 1); }
