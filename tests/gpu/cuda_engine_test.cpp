@@ -176,6 +176,17 @@ TEST(Cuda, QueryHeadsSharingAttentionBlocksMatchTheCpu) {
   EXPECT_LT(test::max_relative_error(gpu.first_logits, cpu.first_logits), 1e-2);
 }
 
+// A run of the model split over pp x tp ranks, each on a GPU.
+ClusterOptions gpu_split(const std::string& model, int pp, int tp) {
+  ClusterOptions o;
+  o.model_path = model;
+  o.pp = pp, o.tp = tp;
+  o.context = 512;
+  o.threads_per_rank = 1;
+  o.device = "cuda";
+  return o;
+}
+
 // Each rank is a forked process on GPU rank % GPUs (all on one GPU of a one-GPU machine), and rank
 // 0 runs in this process: one cluster per test process (ctest and run-all run each test alone).
 // Compared with the CPU engine, as this process must not touch CUDA before it forks.
@@ -186,12 +197,7 @@ void check_split_on_gpus(int pp, int tp) {
   // The first run forks its ranks, unless an earlier test of this process used CUDA (then it
   // cannot: they start by exec, as the CLI's always do).
   set_rank_executable(cuda_used_in_this_process() ? test::shardlm_binary() : "");
-  ClusterOptions o;
-  o.model_path = model;
-  o.pp = pp, o.tp = tp;
-  o.context = 512;
-  o.threads_per_rank = 1;
-  o.device = "cuda";
+  ClusterOptions o = gpu_split(model, pp, tp);
   Cluster c(o);
   const GenerateResult g = c.generate(request());
   EXPECT_EQ(g.output_ids, cpu.output_ids);
@@ -240,12 +246,7 @@ void check_lost_rank_on_gpus(int pp, int tp) {
   if (gpu_count() < 2) GTEST_SKIP() << "needs two GPUs (NCCL between them)";
   const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
   set_rank_executable(test::shardlm_binary());
-  ClusterOptions o;
-  o.model_path = model;
-  o.pp = pp, o.tp = tp;
-  o.context = 512;
-  o.threads_per_rank = 1;
-  o.device = "cuda";
+  ClusterOptions o = gpu_split(model, pp, tp);
   o.timeout = std::chrono::seconds(5);
   std::string error;
   double seconds = 0;
