@@ -257,22 +257,25 @@ std::vector<GenerateResult> Cluster::run(const std::vector<GenerateRequest>& req
   try {
     return scheduler_->run(requests, on_token);
   } catch (const comm::CommError& e) {
-    healthy_ = false;  // the ranks are out of step: don't talk to them again
-    // A survivor that only saw its transfers stall (NCCL: a peer lost mid-step) cannot tell
-    // which peer is gone; the local ranks' exits can.
-    const std::string lost = exited_ranks();
-    if (lost.empty() || std::string(e.what()).find(lost) != std::string::npos) throw;
-    throw comm::CommError(fmt::format("{} ({})", e.what(), lost));
+    lost_ranks(e);
   }
 }
 
 nlohmann::json Cluster::rank_reports() {
   try {
     return rank0_->collect_reports();
-  } catch (const comm::CommError&) {
-    healthy_ = false;
-    throw;
+  } catch (const comm::CommError& e) {
+    lost_ranks(e);
   }
+}
+
+void Cluster::lost_ranks(const comm::CommError& e) {
+  healthy_ = false;  // the ranks are out of step: don't talk to them again
+  // A survivor that only saw its transfers stall (NCCL: a peer lost mid-step) cannot tell which
+  // peer is gone; the local ranks' exits can.
+  const std::string exited = exited_ranks();
+  if (exited.empty()) throw e;
+  throw comm::CommError(fmt::format("{} ({})", e.what(), exited));
 }
 
 std::string Cluster::exited_ranks() const {

@@ -75,6 +75,9 @@ class Cluster {
   void start_local(const ClusterOptions& o, RankOptions rank_options);
   void start_remote(const ClusterOptions& o, const RankOptions& rank_options);
   void shutdown_quietly();
+  // After a communication error: the run marked failed, and `e` thrown again, naming the local
+  // ranks that have ended.
+  [[noreturn]] void lost_ranks(const comm::CommError& e);
   // "rank R was killed by signal S; ..." for the local ranks that have ended (empty: none).
   std::string exited_ranks() const;
 
