@@ -79,8 +79,10 @@ __global__ void __launch_bounds__(32 * kWarps, 3) flash_attention_kernel(const f
   extern __shared__ __align__(16) uint16_t tiles[];  // [2 buffers][K, V][kKeys][kPitch]
   constexpr int P = kPitch<D>, kTile = kKeys * P;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // the longest rows first: they take the most keys
-  const int64_t h = blockIdx.y, length = start + n;
+  // The longest rows first: they take the most keys. Blocks start in the order of blockIdx.x, then
+  // y, so the heads vary fastest: every head's longest rows go before any head's shorter ones.
+  const int64_t tile = gridDim.y - 1 - blockIdx.y;
+  const int64_t h = blockIdx.x, length = start + n;
   const int64_t kv = (shape.head_offset + h) / shape.group - shape.kv_head_offset;
   const uint16_t* K = keys + kv * length * D;
   const uint16_t* V = values + kv * length * D;
@@ -212,7 +214,8 @@ void launch_flash(const float* q, const uint16_t* k, const uint16_t* v, int64_t 
            cudaSuccess;
   }();
   if (!configured) detail::fail_with("flash attention: cannot reserve its shared memory");
-  const dim3 grid(unsigned((n + kRows - 1) / kRows), unsigned(shape.n_heads));
+  if ((n + kRows - 1) / kRows > 65535) detail::fail_with("flash attention: a chunk of more than 65,535 x 64 tokens");
+  const dim3 grid(unsigned(shape.n_heads), unsigned((n + kRows - 1) / kRows));
   const float scale_log2 = float(1.0 / std::sqrt(double(D)) * M_LOG2E);
   flash_attention_kernel<D><<<grid, 32 * kWarps, kBytes, s>>>(q, k, v, start, n, shape, scale_log2, out);
   detail::check_launch("flash_attention");
