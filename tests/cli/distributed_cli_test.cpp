@@ -101,29 +101,60 @@ TEST(DistributedCli, GenerateJsonReportsEveryRank) {
   EXPECT_NE(r.err.find("rank 3: stage 1 layers"), std::string::npos) << r.err;
 }
 
-TEST(DistributedCli, KilledRankStopsTheRunWithinTenSecondsAndLeavesNothing) {
+namespace {
+
+// A long local run of `pp` ranks whose ranks `victims` (sed line numbers of the children sorted by
+// pid: "2p" is rank 2) are SIGKILLed at once after all ranks exist; how it ended.
+struct KilledRun {
+  int rc = -1, pid = 0;
+  double seconds = 0;  // from the kill to the run's end
+  std::string err;
+};
+KilledRun kill_ranks_mid_run(const std::string& dir, int pp, const std::string& victims) {
   std::string model = test::test_model({});
-  std::string dir = test::scratch_dir("killed_rank");
-  // Start a long run in the background, kill its rank 2 once all ranks exist, and time the rest.
   std::string script = "cd " + dir + "; " + bin() + " generate --model " + model +
-                       " --prompt hi -n 4000 --ignore-eos --context 4096 --pp 3 >out 2>err & pid=$!;"
-                       "for i in $(seq 100); do [ $(pgrep -P $pid | wc -l) -ge 2 ] && break; sleep 0.1; done; sleep 1;"
-                       "victim=$(pgrep -P $pid | sort -n | sed -n 2p); kill -9 $victim; start=$(date +%s.%N);"
+                       " --prompt hi -n 4000 --ignore-eos --context 4096 --pp " + std::to_string(pp) +
+                       " >out 2>err & pid=$!;"
+                       "for i in $(seq 100); do [ $(pgrep -P $pid | wc -l) -ge " + std::to_string(pp - 1) +
+                       " ] && break; sleep 0.1; done; sleep 1;"
+                       "victims=$(pgrep -P $pid | sort -n | sed -n '" + victims + "'); kill -9 $victims; start=$(date +%s.%N);"
                        "wait $pid; rc=$?; end=$(date +%s.%N); echo \"$rc $(awk \"BEGIN{print $end - $start}\") $pid\"";
   Result r = sh(script);
-  ASSERT_EQ(r.status, 0) << r.err;
-  int rc = -1, pid = 0;
-  double seconds = 0;
-  std::sscanf(r.out.c_str(), "%d %lf %d", &rc, &seconds, &pid);
+  EXPECT_EQ(r.status, 0) << r.err;
+  KilledRun k;
+  std::sscanf(r.out.c_str(), "%d %lf %d", &k.rc, &k.seconds, &k.pid);
   std::ifstream ef(dir + "/err");
-  std::string err((std::istreambuf_iterator<char>(ef)), {});
-  EXPECT_EQ(rc, 1) << err;
-  EXPECT_LT(seconds, 10.0);
-  EXPECT_NE(err.find("shardlm: error: "), std::string::npos) << err;
-  EXPECT_NE(err.find("rank 2"), std::string::npos) << err;
+  k.err.assign(std::istreambuf_iterator<char>(ef), {});
+  return k;
+}
+
+void expect_nothing_left(int pid) {
   // No process of that run remains, and no shared memory of it.
   EXPECT_EQ(sh("pgrep -P " + std::to_string(pid)).out, "");
   EXPECT_EQ(sh("ls /dev/shm | grep '^shardlm-" + std::to_string(pid) + "-' || true").out, "");
+}
+
+}  // namespace
+
+TEST(DistributedCli, KilledRankStopsTheRunWithinTenSecondsAndLeavesNothing) {
+  const KilledRun k = kill_ranks_mid_run(test::scratch_dir("killed_rank"), 3, "2p");
+  EXPECT_EQ(k.rc, 1) << k.err;
+  EXPECT_LT(k.seconds, 10.0);
+  EXPECT_NE(k.err.find("shardlm: error: "), std::string::npos) << k.err;
+  EXPECT_NE(k.err.find("rank 2 was killed by signal 9"), std::string::npos) << k.err;
+  expect_nothing_left(k.pid);
+}
+
+TEST(DistributedCli, RanksKilledTogetherAreAllNamed) {
+  // Ranks 2 and 3 of 4: the survivor's error names the peer it was waiting for, and the run adds
+  // every local rank that has ended.
+  const KilledRun k = kill_ranks_mid_run(test::scratch_dir("killed_ranks"), 4, "2p;3p");
+  EXPECT_EQ(k.rc, 1) << k.err;
+  EXPECT_LT(k.seconds, 10.0);
+  // (A survivor that saw the loss first may have ended too: "rank 1 exited with status 1; ...".)
+  for (const char* victim : {"rank 2 was killed by signal 9", "rank 3 was killed by signal 9"})
+    EXPECT_NE(k.err.find(victim), std::string::npos) << k.err;
+  expect_nothing_left(k.pid);
 }
 
 TEST(DistributedCli, WorkersInOtherNetworkNamespacesRunTheModelAndRefuseAWrongSecret) {
