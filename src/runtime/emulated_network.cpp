@@ -110,8 +110,8 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
       char c;
       while (::read(fds[0], &c, 1) > 0) {
       }
-      std::string cmd = "ip netns del " + hub + " 2>/dev/null;";
-      for (const auto& n : names_) cmd += "ip netns del " + n + " 2>/dev/null;";
+      std::string cmd = netns_del_command(hub) + " 2>/dev/null;" + netns_del_command(prefix_ + "probe") + " 2>/dev/null;";
+      for (const auto& n : names_) cmd += netns_del_command(n) + " 2>/dev/null;";
       int rc = std::system(cmd.c_str());
       ::_exit(rc == 0 ? 0 : 1);
     }
@@ -125,9 +125,13 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
                        " link set br0 up;";
   std::string out;
   if (link.delay_s > 0) {
-    // Does this kernel have netem? Try it on the hub's bridge before building the rest.
-    delay_emulated_ = sh(script + "tc -n " + hub + " qdisc add dev br0 root netem delay 1us", &out) == 0;
-    sh("ip netns del " + hub);
+    // Does this kernel have netem? Try it in a namespace of its own: deleting the hub and adding it
+    // again at once raced in the kernel ("Bind /proc/self/ns/net -> /run/netns/...hub failed: No
+    // such file or directory", once in a CI-like run).
+    const std::string probe = prefix_ + "probe";
+    delay_emulated_ = sh("set -e; " + netns_add_command(probe) + "; ip -n " + probe + " link add br0 type bridge; tc -n " +
+                         probe + " qdisc add dev br0 root netem delay 1us", &out) == 0;
+    sh(netns_del_command(probe));
     if (!delay_emulated_)
       log_info("emulated link {}: this kernel has no netem (sch_netem), so the {} us delay is not applied; "
                "bandwidth is", link.name, link.delay_s * 1e6);
@@ -165,8 +169,8 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
 }
 
 void EmulatedNetwork::remove_all() {
-  std::string cmd = "ip netns del " + prefix_ + "hub 2>/dev/null;";
-  for (const auto& n : names_) cmd += "ip netns del " + n + " 2>/dev/null;";
+  std::string cmd = netns_del_command(prefix_ + "hub") + " 2>/dev/null;";
+  for (const auto& n : names_) cmd += netns_del_command(n) + " 2>/dev/null;";
   sh(cmd);
 }
 

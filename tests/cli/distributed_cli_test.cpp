@@ -48,8 +48,8 @@ class Namespaces {
     error_ = err;
   }
   ~Namespaces() {
-    std::string script = "ip netns del " + prefix_ + "hub 2>/dev/null;";
-    for (int i = 0; i < made_; ++i) script += "ip netns del " + name(i) + " 2>/dev/null;";
+    std::string script = shardlm::netns_del_command(prefix_ + "hub") + " 2>/dev/null;";
+    for (int i = 0; i < made_; ++i) script += shardlm::netns_del_command(name(i)) + " 2>/dev/null;";
     test::run_command(script, nullptr);
   }
   bool ok() const { return ok_; }

@@ -79,7 +79,7 @@ class NetnsLab {
 
   ~NetnsLab() {
     if (::getpid() != pid_) return;  // a forked rank's copy owns nothing
-    for (auto it = created_.rbegin(); it != created_.rend(); ++it) shell("ip netns del " + *it);
+    for (auto it = created_.rbegin(); it != created_.rend(); ++it) shell(shardlm::netns_del_command(*it));
   }
 
   // Named after the test process, not the calling one: the forked ranks call these too.
@@ -106,7 +106,7 @@ class NetnsLab {
   static void remove_stale() {
     for (const auto& name : namespaces_named(kPrefix)) {
       int pid = std::atoi(name.c_str() + std::strlen(kPrefix));
-      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) shell("ip netns del " + name);
+      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) shell(shardlm::netns_del_command(name));
     }
   }
 
