@@ -156,6 +156,33 @@ TEST(Cuda, ChunkedPrefillAndBatchesMatchOneSequenceAtATime) {
   for (const GenerateResult& r : e.run(reqs)) EXPECT_EQ(r.output_ids, alone.output_ids);
 }
 
+// A greedy step of one sequence is queued before the host has the token of the step before
+// (CudaTransformer's NextStep); here the queued step is often not the one that follows: a sampled
+// request arrives mid-decode (the next step holds both), the greedy one ends, and it runs again.
+// Every request must give the tokens it gives alone, and the engine the CPU's.
+TEST(Cuda, AGreedyStepQueuedAheadButNotTakenChangesNothing) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  GenerateRequest greedy = request(), sampled = request();
+  greedy.max_new_tokens = 40;
+  sampled.prompt = "<|im_start|>user\nAnother request, sampled.<|im_end|>\n";
+  sampled.max_new_tokens = 12;
+  sampled.sampler = SamplerOptions{0.8f, 0.95f, 3};
+  const GenerateResult greedy_alone = run_engine(model, "cuda", greedy), sampled_alone = run_engine(model, "cuda", sampled);
+  EXPECT_EQ(greedy_alone.output_ids, run_engine(model, "cpu", greedy).output_ids);
+  EngineOptions o;
+  o.model_path = model;
+  o.context = 512;
+  o.device = "cuda";
+  o.max_batch = 4;
+  Engine e(o);
+  sampled.arrival_step = 10;
+  const std::vector<GenerateResult> both = e.run({greedy, sampled});
+  EXPECT_EQ(both[0].output_ids, greedy_alone.output_ids);
+  EXPECT_EQ(both[1].output_ids, sampled_alone.output_ids);
+  EXPECT_EQ(e.generate(greedy).output_ids, greedy_alone.output_ids);
+}
+
 // Query heads that share a kv head sharing an attention block in every step, not only where the
 // grid keeps enough blocks with them (long contexts, large batches): the CPU's tokens and logits.
 // Decode steps do their RoPE and KV store in the attention; after the long prompt the context is

@@ -63,6 +63,24 @@ struct CudaTransformer::Impl {
   int64_t kept_first = 0, kept_count = 0;
   int64_t cache_blocks = 0;  // the most block ids one step's tables can hold
 
+  // A greedy decode step of one sequence queued by head_argmax before the host has read the token
+  // of the step before: its embedding reads that token from the argmax key on the device, so the
+  // GPU does not idle while the host takes the token and prepares the next step (1b preset, one
+  // H100: about 19 us a step of the host and the inputs' copy; docs/gpu.md). run_layers then
+  // skips that step's work if it is the step the host asks for; any other step runs after it,
+  // which is harmless: it wrote only the sequence's next position, which a step there rewrites.
+  struct NextStep {
+    bool valid = false;
+    const KvCache* cache = nullptr;
+    int32_t slot = 0, token = -1;
+    int64_t pos = 0;
+    std::vector<int32_t> table;
+  };
+  NextStep last;   // the single-sequence decode step run_layers just queued (what head_argmax extends)
+  NextStep ahead;  // the step head_argmax queued, valid until run_layers looks at it
+  PinnedBuffer ahead_in;  // its inputs, rewritten only once `ahead_in_read` has passed
+  cudaEvent_t keys_copied = nullptr, ahead_in_read = nullptr;
+
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
   // captured once per (tokens, attention grid, one token per sequence) and valid while the
   // buffers it names stay put.
@@ -79,6 +97,9 @@ struct CudaTransformer::Impl {
   std::vector<const void*> graph_buffers;
 
   ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);  // a step queued ahead may still run
+    for (cudaEvent_t e : {keys_copied, ahead_in_read})
+      if (e) cudaEventDestroy(e);
     drop_graphs();
     if (stream) cudaStreamDestroy(stream);
   }
@@ -100,15 +121,17 @@ struct CudaTransformer::Impl {
     // Products' rows: up to the stacked q|k|v (one product when RoPE reads its rows) or gate|up.
     if (gemm) gemm->reserve(tokens, std::max({hidden, q_dim, ffn}), std::max({hidden, q_dim + 2 * kv_dim, 2 * ffn}));
   }
+  // The buffers a captured graph names: it is valid while none has moved.
+  std::vector<const void*> graph_named_buffers() const {
+    return {step_in.get(), h.get(),       q.get(),   k.get(),      v.get(),        qkv_rows.get(),
+            attn.get(),    gate_up.get(), act.get(), splits.get(), counters.get(), widened.get(),
+            partial.get(), gemm ? gemm->scratch().first : nullptr, gemm ? gemm->scratch().second : nullptr};
+  }
   // Runs `enqueue` (the layer loop, on `stream`) through the graph of `key`, capturing it first;
   // `sums` (or null) is the group whose sums the loop queues.
   template <class F>
   void replay(GraphKey key, F&& enqueue, DeviceGroup* sums) {
-    const std::vector<const void*> buffers{step_in.get(),   h.get(),       q.get(),   k.get(),      v.get(),
-                                           qkv_rows.get(),  attn.get(),    gate_up.get(), act.get(), splits.get(),
-                                           counters.get(),  widened.get(),  partial.get(),
-                                           gemm ? gemm->scratch().first : nullptr,
-                                           gemm ? gemm->scratch().second : nullptr};
+    const std::vector<const void*> buffers = graph_named_buffers();
     if (buffers != graph_buffers || graphs.size() >= 64) drop_graphs(), graph_buffers = buffers;
     auto found = graphs.find(key);
     if (found == graphs.end()) {
@@ -401,11 +424,28 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   const float eps = float(c.rms_norm_eps);
   const cudaStream_t s = d.stream;
   d.kept_for = nullptr;
+  d.last.valid = false;
   // Where each token's keys and values go: its position and its sequence's block table.
   const int64_t n = reserve_segments(c, segments, cache);
   if (ids) {
     SHARDLM_CHECK(d.embedding.data, "internal: token ids for a rank without the embedding");
     check_token_ids(c, ids, n);  // the device reads the rows they name
+  }
+  // One sequence's decode step whose only row goes to the head: it may run ahead (Impl::NextStep).
+  const bool single_decode = ids && n == 1 && segments.size() == 1 && !read.all && read.head_only &&
+                             read.rows.size() == 1 && read.rows[0] == 0;
+  auto next_step = [&] {
+    const Segment& seg = segments[0];
+    return Impl::NextStep{true, &cache, seg.slot, -1, seg.start, cache.blocks(seg.slot)};
+  };
+  if (std::exchange(d.ahead.valid, false) && single_decode) {
+    const Segment& seg = segments[0];
+    if (&cache == d.ahead.cache && seg.slot == d.ahead.slot && seg.start == d.ahead.pos && ids[0] == d.ahead.token &&
+        cache.blocks(seg.slot) == d.ahead.table) {
+      d.kept_for = x, d.kept_rows = d.step_in.get<float>(), d.kept_first = 0, d.kept_count = 1;
+      d.last = next_step();
+      return;  // queued already
+    }
   }
   d.host_tables.clear(), d.host_offsets.clear(), d.host_positions.clear();
   // A segment that takes flash attention (a prompt's chunk): its keys and values in bf16 scratch.
@@ -470,8 +510,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   };
   const bool adjacent = c.rope_style == RopeStyle::Adjacent;
   const cuda::KvShape kv_shape{d.n_kv_heads, D, KvCache::kDefaultBlockSize};
-  const cuda::AttentionShape shape{d.n_heads, c.num_heads / c.num_kv_heads, w_.slice.head_begin, w_.slice.kv_head_begin,
-                                   kv_shape};
+  const cuda::AttentionShape shape = attention_shape();
   // Attention: a step of short segments (decode) in one launch of the paged kernel; with a long one
   // (prefill), each long segment by flash attention and each short one on the paged kernel.
   const cuda::AttentionGrid grid = cuda::attention_grid(n, max_pos, shape);
@@ -531,9 +570,9 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   // step's transfers may be queued) leaves NCCL's kernels waiting: the graphs that captured them
   // go first (NCCL's abort waits for those), then every group is aborted, which ends the kernels,
   // before anything can free memory they use.
+  const bool replayed = d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_);
   try {
-    if (d.use_graphs && !long_segment && (!w_.tensor_parallel || device_all_reduce_))
-      d.replay({n, grid, decode_step}, enqueue_layers, device_all_reduce_);
+    if (replayed) d.replay({n, grid, decode_step}, enqueue_layers, device_all_reduce_);
     else enqueue_layers();
     if (pipeline_ && pipeline_to_ >= 0) pipeline_->send(pipeline_to_, dx, n * H, s);
     for (DeviceGroup* g : {device_all_reduce_, pipeline_})
@@ -558,6 +597,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
   for (size_t i = 0; consecutive && i < read.rows.size(); ++i) consecutive = read.rows[i] == first + int64_t(i);
   if (read.head_only && consecutive) {
     d.kept_for = x, d.kept_rows = dx + first * H, d.kept_first = first, d.kept_count = last - first + 1;
+    if (single_decode && replayed && !pipeline_ && !w_.tensor_parallel) d.last = next_step();
     return;
   }
   const size_t row_bytes = size_t(H) * 4, bytes = last >= first ? size_t(last - first + 1) * row_bytes : 0;
@@ -565,6 +605,12 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     SHARDLM_CUDA_CHECK(cudaMemcpyAsync(d.staging.get(), dx + first * H, bytes, cudaMemcpyDeviceToHost, s));
   SHARDLM_CUDA_CHECK(cudaStreamSynchronize(s));
   std::copy_n(d.staging.get<float>(), bytes / 4, x + first * H);
+}
+
+cuda::AttentionShape CudaTransformer::attention_shape() const {
+  const ModelConfig& c = config();
+  const cuda::KvShape kv{impl_->n_kv_heads, c.head_dim, KvCache::kDefaultBlockSize};
+  return {impl_->n_heads, c.num_heads / c.num_kv_heads, w_.slice.head_begin, w_.slice.kv_head_begin, kv};
 }
 
 // Final norm and lm_head of the given rows on the device; logits stay there (d.logits).
@@ -593,6 +639,7 @@ void CudaTransformer::head_on_device(const float* x, std::span<const int64_t> ro
 
 void CudaTransformer::head(const float* x, std::span<const int64_t> rows, float* logits) {
   if (rows.empty()) return;
+  impl_->last.valid = false;
   head_on_device(x, rows);
   Impl& d = *impl_;
   const size_t bytes = rows.size() * size_t(local_vocab()) * 4;
@@ -603,16 +650,52 @@ void CudaTransformer::head(const float* x, std::span<const int64_t> rows, float*
 // Greedy steps: the argmax on the device, so only 8 bytes a row cross PCIe (not the whole row).
 void CudaTransformer::head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) {
   if (rows.empty()) return;
-  head_on_device(x, rows);
   Impl& d = *impl_;
+  const bool after_step = x == d.kept_for;  // the head of the step run_layers just queued
+  head_on_device(x, rows);
   const int64_t m = int64_t(rows.size());
   d.best.grow(size_t(m) * 8);
   cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<uint64_t>(), d.stream);
   d.head_staging.grow(size_t(m) * 8);  // the rows' upload is done: head_on_device's product waited for it
   uint64_t* keys = d.head_staging.get<uint64_t>();
   SHARDLM_CUDA_CHECK(cudaMemcpyAsync(keys, d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
-  SHARDLM_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+  if (!d.keys_copied) SHARDLM_CUDA_CHECK(cudaEventCreateWithFlags(&d.keys_copied, cudaEventDisableTiming));
+  SHARDLM_CUDA_CHECK(cudaEventRecord(d.keys_copied, d.stream));
+  const bool queued = after_step && m == 1 && queue_next_step();
+  SHARDLM_CUDA_CHECK(cudaEventSynchronize(d.keys_copied));
   for (int64_t i = 0; i < m; ++i) cuda::decode_argmax_key(keys[i], values + i, ids + i);
+  if (queued) d.ahead.token = ids[0];  // one rank holds the whole vocabulary: its ids are the model's
+}
+
+// The next decode step of the sequence whose head was just queued, queued behind it with the
+// argmax key as its token (Impl::NextStep); false where it cannot be: the next position needs a
+// block the cache has not given yet, its CUDA graph is not captured, or nothing asks for one.
+bool CudaTransformer::queue_next_step() {
+  Impl& d = *impl_;
+  if (!std::exchange(d.last.valid, false) || !d.use_graphs || d.embedding.rows < local_vocab()) return false;
+  Impl::NextStep next = d.last;
+  next.valid = true, next.pos += 1;
+  if (next.pos >= int64_t(next.table.size()) * KvCache::kDefaultBlockSize || next.pos >= config().max_position_embeddings)
+    return false;
+  const auto found = d.graphs.find({1, cuda::attention_grid(1, next.pos, attention_shape()), true});
+  if (found == d.graphs.end() || d.graph_named_buffers() != d.graph_buffers) return false;
+  // Its inputs as run_layers lays them out after x's row: position, table offset, token id (unread:
+  // the embedding takes the key), block table.
+  if (d.ahead_in_read) SHARDLM_CUDA_CHECK(cudaEventSynchronize(d.ahead_in_read));  // long done
+  else SHARDLM_CUDA_CHECK(cudaEventCreateWithFlags(&d.ahead_in_read, cudaEventDisableTiming));
+  const size_t ints = 3 + next.table.size();
+  d.ahead_in.grow(ints * 4);
+  int32_t* in = d.ahead_in.get<int32_t>();
+  in[0] = int32_t(next.pos), in[1] = 0, in[2] = 0;
+  std::copy(next.table.begin(), next.table.end(), in + 3);
+  float* dx = d.step_in.get<float>();
+  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dx + config().hidden_size, in, ints * 4, cudaMemcpyHostToDevice, d.stream));
+  SHARDLM_CUDA_CHECK(cudaEventRecord(d.ahead_in_read, d.stream));
+  cuda::embed_argmax(d.embedding, d.best.get<uint64_t>(), 1, dx, d.stream);
+  SHARDLM_CUDA_CHECK(cudaGraphLaunch(found->second.fast, d.stream));
+  ++found->second.launches;
+  d.ahead = std::move(next);
+  return true;
 }
 
 }  // namespace shardlm

@@ -15,6 +15,10 @@
 
 namespace shardlm {
 
+namespace cuda {
+struct AttentionShape;
+}
+
 class CudaTransformer : public ForwardPass {
  public:
   // Runs on GPU rank % device count.
@@ -40,6 +44,8 @@ class CudaTransformer : public ForwardPass {
 
  private:
   void head_on_device(const float* x, std::span<const int64_t> rows);
+  bool queue_next_step();
+  cuda::AttentionShape attention_shape() const;
   struct Impl;
   const ModelWeights& w_;
   AllReduce all_reduce_;
