@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -116,6 +117,7 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
       ::_exit(rc == 0 ? 0 : 1);
     }
     ::close(fds[0]);
+    janitor_pid_ = pid;
     // Until the network is built, the scripts that build it inherit this end too: a run killed
     // half-way leaves its script running, and the janitor must wait for it, or the script would
     // add namespaces after the janitor has removed the others.
@@ -159,7 +161,7 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
     }
   }
   if (int rc = sh(script, &out); rc != 0) {
-    remove_all();
+    remove_all_and_release_janitor();
     fail("cannot build the emulated network (exit status {}): {}", rc, out.empty() ? script : out);
   }
   if (janitor_pipe_ >= 0) ::fcntl(janitor_pipe_, F_SETFD, FD_CLOEXEC);  // the ranks need not hold it
@@ -168,16 +170,19 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
                                         : std::string("no shaping"));
 }
 
-void EmulatedNetwork::remove_all() {
+void EmulatedNetwork::remove_all_and_release_janitor() {
   std::string cmd = netns_del_command(prefix_ + "hub") + " 2>/dev/null;";
   for (const auto& n : names_) cmd += netns_del_command(n) + " 2>/dev/null;";
   sh(cmd);
+  // Nothing is left for the janitor. It is still blocked on its pipe (this end is open), so it has
+  // not begun removing anything; stopped now, it never will.
+  if (janitor_pid_ > 0 && ::kill(janitor_pid_, SIGKILL) == 0) ::waitpid(janitor_pid_, nullptr, 0);
+  janitor_pid_ = -1;
+  if (janitor_pipe_ >= 0) ::close(janitor_pipe_);
+  janitor_pipe_ = -1;
 }
 
-EmulatedNetwork::~EmulatedNetwork() {
-  remove_all();
-  if (janitor_pipe_ >= 0) ::close(janitor_pipe_);  // the janitor finds nothing left and exits
-}
+EmulatedNetwork::~EmulatedNetwork() { remove_all_and_release_janitor(); }
 
 EnterNetns::EnterNetns(const std::string& name) {
   home_ = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);

@@ -37,10 +37,13 @@ class EmulatedNetwork {
   static bool available(std::string* why);
 
  private:
-  void remove_all();
+  // Removes the namespaces and stops the janitor: left to wake later, it would remove them again,
+  // when a new network of this process (the same names) may have made them.
+  void remove_all_and_release_janitor();
   std::string prefix_;
   std::vector<std::string> names_, addresses_;
   int janitor_pipe_ = -1;
+  int janitor_pid_ = -1;
   bool delay_emulated_ = false;
 };
 
