@@ -3,6 +3,7 @@
 // order), and both the same 32 greedy tokens — on every backend and topology.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fmt/ranges.h>
@@ -190,6 +191,36 @@ TEST(Distributed, KilledRankIsNamedAndNothingIsLeftBehind) {
     EXPECT_LT(seconds, 10.0);
     EXPECT_NE(::kill(victim, 0), 0);  // gone (and reaped: no zombie either)
     EXPECT_EQ(count_shm_segments(), before);
+  }
+}
+
+// A rank lost between runs: the reports' collection names it too (the same path as a run's
+// error), and the cluster refuses to run again.
+TEST(Distributed, ARankLostBeforeTheReportsIsNamed) {
+  for (const char* backend : {"shm", "tcp"}) {
+    SCOPED_TRACE(backend);
+    ClusterOptions o;
+    o.model_path = test::test_model({});
+    o.pp = 3;
+    o.backend = backend;
+    o.context = 256;
+    o.threads_per_rank = 1;
+    o.timeout = std::chrono::milliseconds(5000);
+    Cluster c(o);
+    const pid_t victim = c.rank_reports()[2]["pid"].get<pid_t>();
+    ASSERT_EQ(::kill(victim, SIGKILL), 0);
+    siginfo_t info{};
+    ASSERT_EQ(::waitid(P_PID, id_t(victim), &info, WEXITED | WNOWAIT), 0);  // ended; the cluster reaps it
+    std::string error;
+    try {
+      c.rank_reports();
+    } catch (const comm::CommError& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find("rank 2 was killed by signal 9"), std::string::npos) << error;
+    GenerateRequest r;
+    r.prompt = kPrompt;
+    EXPECT_THROW(c.generate(r), Error);
   }
 }
 
