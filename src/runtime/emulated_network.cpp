@@ -111,9 +111,7 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
       char c;
       while (::read(fds[0], &c, 1) > 0) {
       }
-      std::string cmd = netns_del_command(hub) + " 2>/dev/null;" + netns_del_command(prefix_ + "probe") + " 2>/dev/null;";
-      for (const auto& n : names_) cmd += netns_del_command(n) + " 2>/dev/null;";
-      int rc = std::system(cmd.c_str());
+      int rc = std::system(removal_script().c_str());
       ::_exit(rc == 0 ? 0 : 1);
     }
     ::close(fds[0]);
@@ -170,10 +168,15 @@ EmulatedNetwork::EmulatedNetwork(int ranks, const LinkSpec& link) {
                                         : std::string("no shaping"));
 }
 
-void EmulatedNetwork::remove_all_and_release_janitor() {
-  std::string cmd = netns_del_command(prefix_ + "hub") + " 2>/dev/null;";
+std::string EmulatedNetwork::removal_script() const {
+  std::string cmd;
+  for (const std::string& n : {prefix_ + "hub", prefix_ + "probe"}) cmd += netns_del_command(n) + " 2>/dev/null;";
   for (const auto& n : names_) cmd += netns_del_command(n) + " 2>/dev/null;";
-  sh(cmd);
+  return cmd;
+}
+
+void EmulatedNetwork::remove_all_and_release_janitor() {
+  sh(removal_script());
   // Nothing is left for the janitor. It is still blocked on its pipe (this end is open), so it has
   // not begun removing anything; stopped now, it never will.
   if (janitor_pid_ > 0 && ::kill(janitor_pid_, SIGKILL) == 0) ::waitpid(janitor_pid_, nullptr, 0);

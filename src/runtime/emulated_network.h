@@ -40,6 +40,8 @@ class EmulatedNetwork {
   // Removes the namespaces and stops the janitor: left to wake later, it would remove them again,
   // when a new network of this process (the same names) may have made them.
   void remove_all_and_release_janitor();
+  // Shell commands removing every namespace this network may have made (absent ones are skipped).
+  std::string removal_script() const;
   std::string prefix_;
   std::vector<std::string> names_, addresses_;
   int janitor_pipe_ = -1;

@@ -153,16 +153,26 @@ TEST(Distributed, ImpossibleSplitsAreRefusedBeforeStarting) {
   EXPECT_EQ(count_shm_segments(), 0);
 }
 
+namespace {
+
+// Three local ranks of the test model, one stage each, for the tests that kill one of them.
+ClusterOptions three_local_stages(const char* backend) {
+  ClusterOptions o;
+  o.model_path = test::test_model({});
+  o.pp = 3;
+  o.backend = backend;
+  o.context = 256;
+  o.threads_per_rank = 1;
+  return o;
+}
+
+}  // namespace
+
 TEST(Distributed, KilledRankIsNamedAndNothingIsLeftBehind) {
   for (const char* backend : {"shm", "tcp"}) {
     SCOPED_TRACE(backend);
     int before = count_shm_segments();
-    ClusterOptions o;
-    o.model_path = test::test_model({});
-    o.pp = 3;
-    o.backend = backend;
-    o.context = 256;
-    o.threads_per_rank = 1;
+    const ClusterOptions o = three_local_stages(backend);
     pid_t victim = 0;
     std::string error;
     auto t0 = std::chrono::steady_clock::now();
@@ -199,12 +209,7 @@ TEST(Distributed, KilledRankIsNamedAndNothingIsLeftBehind) {
 TEST(Distributed, ARankLostBeforeTheReportsIsNamed) {
   for (const char* backend : {"shm", "tcp"}) {
     SCOPED_TRACE(backend);
-    ClusterOptions o;
-    o.model_path = test::test_model({});
-    o.pp = 3;
-    o.backend = backend;
-    o.context = 256;
-    o.threads_per_rank = 1;
+    ClusterOptions o = three_local_stages(backend);
     o.timeout = std::chrono::milliseconds(5000);
     Cluster c(o);
     const pid_t victim = c.rank_reports()[2]["pid"].get<pid_t>();
