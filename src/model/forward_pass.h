@@ -27,6 +27,9 @@ struct RowsRead {
   bool all = true;
   std::span<const int64_t> rows;
   bool head_only = false;
+  // The step's sequences take another step after this one unless a token ends them (none reaches
+  // its budget here): a GPU may queue that step before the host has the token.
+  bool sequences_go_on = false;
 };
 
 // Checks each segment's positions against the model and reserves them in the cache (shared by

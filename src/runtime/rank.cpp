@@ -232,7 +232,9 @@ void Rank::run_step(std::span<const WireSegment> segments, const int32_t* ids, b
   bool earlier_heads = false;
   for (int s = 0; s < last_stage_; ++s) earlier_heads |= plan_.holds_head(plan_.rank_of(s, tp_rank_));
   const bool head_only = !earlier_heads && plan_.holds_head(world_.rank());
-  const RowsRead read = stage_ == last_stage_ ? RowsRead{false, rows_, head_only}
+  bool go_on = true;
+  for (const WireSegment& s : segments) go_on &= s.sample != kSampleLast;
+  const RowsRead read = stage_ == last_stage_ ? RowsRead{false, rows_, head_only, go_on}
                         : host_hand_off       ? RowsRead{}
                                               : RowsRead{false, {}};
   transformer_->run_layers(stage_ == 0 ? ids : nullptr, x_.data(), segments_, *cache_, read);

@@ -142,7 +142,8 @@ std::vector<GenerateResult> Scheduler::run(const std::vector<GenerateRequest>& r
         Sequence& s = seqs[i];
         if (s.phase != Phase::Decode || s.in_flight) continue;
         const int64_t pos = int64_t(s.result->prompt_ids.size() + s.result->output_ids.size()) - 1;
-        segments.push_back({s.slot, 1, pos, 1});
+        const bool last = int64_t(s.result->output_ids.size()) + 1 >= s.request->max_new_tokens;
+        segments.push_back({s.slot, last ? kSampleLast : kSampleAndGoOn, pos, 1});
         ids.push_back(s.result->output_ids.back());
         s.in_flight = true;
         issued.samples.push_back(i);
@@ -154,7 +155,8 @@ std::vector<GenerateResult> Scheduler::run(const std::vector<GenerateRequest>& r
         if (s.phase != Phase::Prefill || s.prefilled >= n) continue;
         const int64_t chunk = options_.prefill_chunk > 0 ? std::min(options_.prefill_chunk, n - s.prefilled) : n - s.prefilled;
         const bool last = s.prefilled + chunk == n;
-        segments.push_back({s.slot, last, s.prefilled, chunk});
+        const int32_t sample = !last ? 0 : s.request->max_new_tokens <= 1 ? kSampleLast : kSampleAndGoOn;
+        segments.push_back({s.slot, sample, s.prefilled, chunk});
         ids.insert(ids.end(), s.result->prompt_ids.begin() + s.prefilled, s.result->prompt_ids.begin() + s.prefilled + chunk);
         s.prefilled += chunk;
         stats_.prompt_tokens += chunk;

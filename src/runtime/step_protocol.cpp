@@ -33,7 +33,7 @@ void check_segment(const WireSegment& s, int from, const StepLimits& l) {
   // start + n_tokens could overflow: compare n_tokens with the room left after start instead.
   if (s.slot < 0 || s.slot >= l.max_slots || s.n_tokens <= 0 || s.start < 0 || s.start > l.max_positions ||
       s.n_tokens > l.max_positions - s.start ||
-      (s.sample != 0 && s.sample != 1))
+      s.sample < 0 || s.sample > kSampleLast)
     fail("malformed step message from rank {}: segment of {} tokens at position {} in slot {} (limits: {} slots, {} "
          "positions)",
          from, s.n_tokens, s.start, s.slot, l.max_slots, l.max_positions);

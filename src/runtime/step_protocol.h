@@ -33,9 +33,12 @@ struct StepCommand {
 };
 static_assert(sizeof(StepCommand) == 48);
 
+constexpr int32_t kSampleAndGoOn = 1, kSampleLast = 2;
 struct WireSegment {
   int32_t slot = 0;
-  int32_t sample = 0;  // sample the next token after this segment's last token
+  // Sample the next token after this segment's last token: kSampleAndGoOn, or kSampleLast when
+  // that token is the sequence's last by its budget (no step of it follows); 0: don't sample.
+  int32_t sample = 0;
   int64_t start = 0;
   int64_t n_tokens = 0;
 };

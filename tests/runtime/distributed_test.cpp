@@ -269,8 +269,12 @@ TEST(Distributed, StepMessagesAreChecked) {
   seg = {0, 1, INT64_MAX - 2, 8};
   EXPECT_NE(error([&] { check_segment(seg, 2, limits); }).find("8 tokens at position 9223372036854775805"),
             std::string::npos);
-  seg = {0, 2, 0, 4};  // sample flag must be 0 or 1
-  EXPECT_NE(error([&] { check_segment(seg, 2, limits); }), "");
+  for (int32_t sample : {-1, 3}) {  // 0, kSampleAndGoOn or kSampleLast
+    seg = {0, sample, 0, 4};
+    EXPECT_NE(error([&] { check_segment(seg, 2, limits); }), "") << sample;
+  }
+  seg = {0, kSampleLast, 0, 4};
+  EXPECT_NO_THROW(check_segment(seg, 2, limits));
 }
 
 // The forward pass checks its segments again (a scheduler's or a peer's): positions past the
