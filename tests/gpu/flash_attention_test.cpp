@@ -35,7 +35,7 @@ struct Differences {
 
 // The paged kernel with one head a block and no splits against flash attention, and against
 // itself with every grid it takes: each divisor of attention_heads_per_block as the heads a
-// block takes, with the context in 1 and 4 splits.
+// block takes, with the context in 1, 4, 8 and 16 splits.
 Differences max_differences(const Case& c) {
   const int64_t D = c.head_dim, bs = 16, length = c.start + c.n;
   const int64_t n_kv = (c.n_heads + c.group - 1) / c.group, blocks = (length + bs - 1) / bs + 3;
@@ -89,7 +89,7 @@ Differences max_differences(const Case& c) {
   }
   const int most = cuda::attention_heads_per_block(shape);
   for (int heads = 1; heads <= most; heads *= 2) {
-    for (int64_t splits : {1, 4}) {
+    for (int64_t splits : {1, 4, 8, 16}) {
       const std::vector<float> other = paged({splits, heads});
       ++d.grids_run;
       for (size_t i = 0; i < q.size(); ++i) {

@@ -26,7 +26,7 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
-constexpr int kMaxSplits = 512;  // G x splits of a block's partial results (attention_grid keeps within)
+constexpr int kMaxSplits = 512;  // G x splits of a (token, heads): attention_grid keeps within
 
 // Positions a warp takes per iteration: as many key and value rows in flight as 64 registers a
 // lane hold (8 for head_dim 128), so that a block's whole span of a decode step's context
@@ -221,8 +221,7 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
     return;
   }
   // Several splits: each writes (max, sum, weighted values) per head; the last of the block's
-  // heads to finish merges them (out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M)) and sets
-  // their count back to 0.
+  // heads to finish merges them and sets their count back to 0.
   const int splits = int(gridDim.z);
   auto split_row = [&](int g, int sp) { return partial + ((row0 + g) * splits + sp) * (D + 2); };  // [m, l, acc[D]]
   if (threadIdx.x < G) {
@@ -230,34 +229,49 @@ __global__ void __launch_bounds__(32 * kWarps, 2) attention_kernel(const float* 
     mine[0] = head_max[threadIdx.x], mine[1] = head_den[threadIdx.x];
   }
   for (int e = threadIdx.x; e < G * D; e += blockDim.x) split_row(e / D, int(split))[2 + e % D] = merged(e / D, e % D);
-  __threadfence();  // this split's results are visible before it is counted
+  // Counted with release semantics once the block's writes are in (the barrier orders every
+  // thread's before thread 0's count); the last count acquires them all. A full fence by every
+  // thread, then a relaxed count, cost one more wait on L2 in each block.
   __syncthreads();
   __shared__ bool last_split;
-  if (threadIdx.x == 0) last_split = atomicAdd(done + row0, 1) == splits - 1;
-  __syncthreads();
-  if (!last_split) return;
-  __threadfence();
-  if (threadIdx.x == 0) done[row0] = 0;
-  // Every split's (max, sum) at once, a thread each, then each thread's values of all splits with
-  // 8 loads in flight: the merge waits on L2 a few times, not twice per split (a third of a decode
-  // step's attention at 512 tokens of context, 8 splits, before).
-  __shared__ float split_max[kMaxSplits], split_sum[kMaxSplits];  // [head][split], G x splits <= kMaxSplits
-  for (int e = threadIdx.x; e < G * splits; e += blockDim.x) {
-    const float* r = split_row(e / splits, e % splits);
-    split_max[e] = __ldcg(r), split_sum[e] = __ldcg(r + 1);
+  if (threadIdx.x == 0) {
+    int before;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(before) : "l"(done + row0) : "memory");
+    last_split = before == splits - 1;
   }
   __syncthreads();
+  if (!last_split) return;
+  if (threadIdx.x == 0) done[row0] = 0;
+  // Each thread reads (max, sum, value) of 8 splits at a time, all loads in flight at once (one
+  // wait on L2 for up to 8 splits), and folds them in: out = sum_s acc_s e^(m_s - M) / sum_s l_s
+  // e^(m_s - M), rescaled as M grows from one group of 8 to the next. A split past the token's last
+  // position has sum 0 and values 0: weight 0.
   for (int e = threadIdx.x; e < G * D; e += blockDim.x) {
     const int g = e / D, d = e % D;
     float all_max = -INFINITY, num = 0, total = 0;
-    for (int sp = 0; sp < splits; ++sp) all_max = fmaxf(all_max, split_max[g * splits + sp]);
-#pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) {
-      // A split past this token's last position has sum 0 and values 0: weight 0.
-      const float sum = split_sum[g * splits + sp];
-      const float w = sum > 0 ? expf(split_max[g * splits + sp] - all_max) : 0.0f;
-      num += __ldcg(split_row(g, sp) + 2 + d) * w;
-      total += sum * w;
+    for (int first_split = 0; first_split < splits; first_split += 8) {
+      float m_s[8], l_s[8], v_s[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        m_s[j] = -INFINITY, l_s[j] = 0, v_s[j] = 0;
+        if (first_split + j < splits) {
+          const float* r = split_row(g, first_split + j);
+          m_s[j] = __ldcg(r), l_s[j] = __ldcg(r + 1), v_s[j] = __ldcg(r + 2 + d);
+        }
+      }
+      float new_max = all_max;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (l_s[j] > 0) new_max = fmaxf(new_max, m_s[j]);
+      const float rescale = total > 0 ? expf(all_max - new_max) : 0.0f;
+      num *= rescale, total *= rescale;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float w = l_s[j] > 0 ? expf(m_s[j] - new_max) : 0.0f;
+        num += v_s[j] * w;
+        total += l_s[j] * w;
+      }
+      all_max = new_max;
     }
     out[(row0 + g) * D + d] = num / total;
   }
