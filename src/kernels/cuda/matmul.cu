@@ -355,15 +355,28 @@ __global__ void to_f16_kernel(const void* weights, int64_t rows, int64_t K, int6
   out[i] = make_uint4(pair(0), pair(1), pair(2), pair(3));
 }
 
-// One thread per 8 values of x: row ids[t] of the table widened to f32, as the kernels above read it;
-// or, with keys, the row that argmax key names (ops.h: ~index in its low word, 0 for none).
+// A greedy step queued on the device (start_queued_step): its token is the row that the argmax
+// key names (ops.h: ~index in its low word, 0 for none); thread 0 also hands the key to the host
+// and advances the step's position.
+struct QueuedStep {
+  const unsigned long long* key = nullptr;
+  unsigned long long* key_for_host = nullptr;
+  int32_t* position = nullptr;
+};
+// One thread per 8 values of x: row ids[t] of the table widened to f32, as the kernels above read
+// it, or for a queued step (n = 1) the row its key names.
 template <class W>
-__global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, const int32_t* ids,
-                             const unsigned long long* keys, int64_t n, float4* x) {
+__global__ void embed_kernel(const void* table, int64_t row_bytes, int64_t K, const int32_t* ids, int64_t n,
+                             float4* x, QueuedStep queued) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, per_row = K / kLaneElements;
+  if (i == 0 && queued.key) {
+    *queued.key_for_host = *queued.key;
+    ++*queued.position;
+    __threadfence_system();
+  }
   if (i >= n * per_row) return;
   const int64_t t = i / per_row, k = i % per_row * kLaneElements;
-  const int64_t id = keys ? (keys[t] ? int64_t(~uint32_t(keys[t])) : 0) : ids[t];
+  const int64_t id = queued.key ? (*queued.key ? int64_t(~uint32_t(*queued.key)) : 0) : ids[t];
   float v[8];
   W::widen(W::load(static_cast<const uint8_t*>(table) + id * row_bytes, k), v);
   x[2 * i] = make_float4(v[0], v[1], v[2], v[3]);
@@ -503,27 +516,29 @@ void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s) {
 }
 
 namespace {
-void launch_embed(const DeviceMatrix& table, const int32_t* ids, const uint64_t* keys, int64_t n, float* x, Stream s) {
+void launch_embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s, QueuedStep queued = {}) {
   const int64_t count = n * (table.cols / kLaneElements);
   if (count == 0) return;
   if (table.cols % kLaneElements != 0) detail::fail_with("CUDA embed: the hidden size is not a multiple of 8");
   const unsigned blocks = detail::blocks_for(count, 256);
   const int64_t row_bytes = dtype_bytes(table.dtype, table.cols);
   with_row_type(table.dtype, [&](auto row) {
-    embed_kernel<decltype(row)><<<blocks, 256, 0, s>>>(table.data, row_bytes, table.cols, ids,
-                                                       reinterpret_cast<const unsigned long long*>(keys), n,
-                                                       reinterpret_cast<float4*>(x));
+    embed_kernel<decltype(row)><<<blocks, 256, 0, s>>>(table.data, row_bytes, table.cols, ids, n,
+                                                       reinterpret_cast<float4*>(x), queued);
   });
   detail::check_launch("embed");
 }
 }  // namespace
 
 void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s) {
-  launch_embed(table, ids, nullptr, n, x, s);
+  launch_embed(table, ids, n, x, s);
 }
 
-void embed_argmax(const DeviceMatrix& table, const uint64_t* keys, int64_t n, float* x, Stream s) {
-  launch_embed(table, nullptr, keys, n, x, s);
+void start_queued_step(const DeviceMatrix& table, const uint64_t* key, float* x, uint64_t* key_for_host,
+                       int32_t* position, Stream s) {
+  launch_embed(table, nullptr, 1, x, s,
+               {reinterpret_cast<const unsigned long long*>(key), reinterpret_cast<unsigned long long*>(key_for_host),
+                position});
 }
 
 void matmul(const float* x, int64_t M, const DeviceMatrix& w, float* y, bool accumulate, Stream s) {

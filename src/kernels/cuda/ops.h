@@ -82,9 +82,13 @@ int matmul_rows_per_block(int64_t rows, int64_t cols, DType dtype, bool swiglu, 
 // x [n][table.cols] = rows ids[0..n) of `table` (the embedding) widened to f32 as matmul reads
 // them. The ids must be rows of the table: the caller checks them.
 void embed(const DeviceMatrix& table, const int32_t* ids, int64_t n, float* x, Stream s);
-// The same for the rows that n argmax keys (argmax_rows) name: a greedy step's token, never read by
-// the host first. The keys' rows must be rows of the table (a key of 0 names row 0).
-void embed_argmax(const DeviceMatrix& table, const uint64_t* keys, int64_t n, float* x, Stream s);
+// The first kernel of a greedy decode step queued on the device behind the step before (one
+// sequence): its x = the row that the argmax key (argmax_rows) names, a token the host has not read
+// yet (it must be a row of the table; a key of 0 names row 0), the key also written to
+// `key_for_host` (page-locked host memory, which the kernel writes itself: no copy on the stream)
+// and the step's position, which the step before read, advanced by one.
+void start_queued_step(const DeviceMatrix& table, const uint64_t* key, float* x, uint64_t* key_for_host,
+                       int32_t* position, Stream s);
 // A q8_0 or q4_0 matrix widened to f32 as matmul does, then rounded to f16 (within 2^-12): out
 // [rows][cols] (a long chunk's product of such weights then runs on the tensor cores).
 void widen_to_f16(const DeviceMatrix& w, uint16_t* out, Stream s);

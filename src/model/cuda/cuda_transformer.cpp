@@ -78,8 +78,8 @@ struct CudaTransformer::Impl {
   };
   NextStep last;   // the single-sequence decode step run_layers just queued (what head_argmax extends)
   NextStep ahead;  // the step head_argmax queued, valid until run_layers looks at it
-  PinnedBuffer ahead_in;  // its inputs, rewritten only once `ahead_in_read` has passed
-  cudaEvent_t keys_copied = nullptr, ahead_in_read = nullptr;
+  PinnedBuffer keys;  // a greedy head's argmax keys for the host
+  cudaEvent_t keys_copied = nullptr;
 
   // Decode steps replay a CUDA graph of the whole layer loop (one launch instead of ~15 a layer),
   // captured once per (tokens, attention grid, one token per sequence) and valid while the
@@ -98,8 +98,7 @@ struct CudaTransformer::Impl {
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);  // a step queued ahead may still run
-    for (cudaEvent_t e : {keys_copied, ahead_in_read})
-      if (e) cudaEventDestroy(e);
+    if (keys_copied) cudaEventDestroy(keys_copied);
     drop_graphs();
     if (stream) cudaStreamDestroy(stream);
   }
@@ -659,12 +658,14 @@ void CudaTransformer::head_argmax(const float* x, std::span<const int64_t> rows,
   const int64_t m = int64_t(rows.size());
   d.best.grow(size_t(m) * 8);
   cuda::argmax_rows(d.logits.get<float>(), m, local_vocab(), d.best.get<uint64_t>(), d.stream);
-  d.head_staging.grow(size_t(m) * 8);  // the rows' upload is done: head_on_device's product waited for it
-  uint64_t* keys = d.head_staging.get<uint64_t>();
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(keys, d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
+  d.keys.grow(size_t(m) * 8);
+  uint64_t* keys = d.keys.get<uint64_t>();
   if (!d.keys_copied) SHARDLM_CUDA_CHECK(cudaEventCreateWithFlags(&d.keys_copied, cudaEventDisableTiming));
-  SHARDLM_CUDA_CHECK(cudaEventRecord(d.keys_copied, d.stream));
-  const bool queued = after_step && m == 1 && queue_next_step();
+  const bool queued = after_step && m == 1 && queue_next_step();  // whose first kernel hands the key over
+  if (!queued) {
+    SHARDLM_CUDA_CHECK(cudaMemcpyAsync(keys, d.best.get(), size_t(m) * 8, cudaMemcpyDeviceToHost, d.stream));
+    SHARDLM_CUDA_CHECK(cudaEventRecord(d.keys_copied, d.stream));
+  }
   SHARDLM_CUDA_CHECK(cudaEventSynchronize(d.keys_copied));
   for (int64_t i = 0; i < m; ++i) cuda::decode_argmax_key(keys[i], values + i, ids + i);
   if (queued) d.ahead.token = ids[0];  // one rank holds the whole vocabulary: its ids are the model's
@@ -682,19 +683,14 @@ bool CudaTransformer::queue_next_step() {
     return false;
   const auto found = d.graphs.find({1, cuda::attention_grid(1, next.pos, attention_shape()), true});
   if (found == d.graphs.end() || d.graph_named_buffers() != d.graph_buffers) return false;
-  // Its inputs as run_layers lays them out after x's row: position, table offset, token id (unread:
-  // the embedding takes the key), block table.
-  if (d.ahead_in_read) SHARDLM_CUDA_CHECK(cudaEventSynchronize(d.ahead_in_read));  // long done
-  else SHARDLM_CUDA_CHECK(cudaEventCreateWithFlags(&d.ahead_in_read, cudaEventDisableTiming));
-  const size_t ints = 3 + next.table.size();
-  d.ahead_in.grow(ints * 4);
-  int32_t* in = d.ahead_in.get<int32_t>();
-  in[0] = int32_t(next.pos), in[1] = 0, in[2] = 0;
-  std::copy(next.table.begin(), next.table.end(), in + 3);
+  // Its inputs are the step before's as run_layers laid them out after x's row (position, table
+  // offset 0, token id, block table), but for the position, which the first kernel advances, and
+  // the token id, which the embedding takes from the key instead: nothing is copied in. That kernel
+  // also writes the key where head_argmax reads it, and the host waits for it alone.
   float* dx = d.step_in.get<float>();
-  SHARDLM_CUDA_CHECK(cudaMemcpyAsync(dx + config().hidden_size, in, ints * 4, cudaMemcpyHostToDevice, d.stream));
-  SHARDLM_CUDA_CHECK(cudaEventRecord(d.ahead_in_read, d.stream));
-  cuda::embed_argmax(d.embedding, d.best.get<uint64_t>(), 1, dx, d.stream);
+  cuda::start_queued_step(d.embedding, d.best.get<uint64_t>(), dx, d.keys.get<uint64_t>(),
+                          reinterpret_cast<int32_t*>(dx + config().hidden_size), d.stream);
+  SHARDLM_CUDA_CHECK(cudaEventRecord(d.keys_copied, d.stream));
   SHARDLM_CUDA_CHECK(cudaGraphLaunch(found->second.fast, d.stream));
   ++found->second.launches;
   d.ahead = std::move(next);
