@@ -142,8 +142,8 @@ std::vector<GenerateResult> Scheduler::run(const std::vector<GenerateRequest>& r
         Sequence& s = seqs[i];
         if (s.phase != Phase::Decode || s.in_flight) continue;
         const int64_t pos = int64_t(s.result->prompt_ids.size() + s.result->output_ids.size()) - 1;
-        const bool last = int64_t(s.result->output_ids.size()) + 1 >= s.request->max_new_tokens;
-        segments.push_back({s.slot, last ? kSampleLast : kSampleAndGoOn, pos, 1});
+        const int64_t generated = int64_t(s.result->output_ids.size()) + 1;
+        segments.push_back({s.slot, segment_sample(true, generated, s.request->max_new_tokens), pos, 1});
         ids.push_back(s.result->output_ids.back());
         s.in_flight = true;
         issued.samples.push_back(i);
@@ -155,8 +155,7 @@ std::vector<GenerateResult> Scheduler::run(const std::vector<GenerateRequest>& r
         if (s.phase != Phase::Prefill || s.prefilled >= n) continue;
         const int64_t chunk = options_.prefill_chunk > 0 ? std::min(options_.prefill_chunk, n - s.prefilled) : n - s.prefilled;
         const bool last = s.prefilled + chunk == n;
-        const int32_t sample = !last ? 0 : s.request->max_new_tokens <= 1 ? kSampleLast : kSampleAndGoOn;
-        segments.push_back({s.slot, sample, s.prefilled, chunk});
+        segments.push_back({s.slot, segment_sample(last, 1, s.request->max_new_tokens), s.prefilled, chunk});
         ids.insert(ids.end(), s.result->prompt_ids.begin() + s.prefilled, s.result->prompt_ids.begin() + s.prefilled + chunk);
         s.prefilled += chunk;
         stats_.prompt_tokens += chunk;

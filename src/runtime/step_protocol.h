@@ -43,6 +43,11 @@ struct WireSegment {
   int64_t n_tokens = 0;
 };
 static_assert(sizeof(WireSegment) == 24);
+// A segment's `sample`: 0 unless it samples; then whether the sequence takes a step after it, that
+// is, whether the `generated` tokens it will have then are still under its budget.
+constexpr int32_t segment_sample(bool samples, int64_t generated, int64_t max_new_tokens) {
+  return !samples ? 0 : generated >= max_new_tokens ? kSampleLast : kSampleAndGoOn;
+}
 
 struct StepLimits {
   int max_slots = 1;             // sequences that may be live at once

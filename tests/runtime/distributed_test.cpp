@@ -277,6 +277,17 @@ TEST(Distributed, StepMessagesAreChecked) {
   EXPECT_NO_THROW(check_segment(seg, 2, limits));
 }
 
+// The scheduler marks the segment whose token is its sequence's last by the budget (a GPU queues
+// no step behind it): a prompt's last chunk of a one-token request, the decode step making the
+// budget's last token; a prompt chunk before the last samples nothing.
+TEST(Distributed, SegmentsSayWhetherTheirSequenceGoesOn) {
+  EXPECT_EQ(segment_sample(false, 1, 1), 0);
+  EXPECT_EQ(segment_sample(true, 1, 1), kSampleLast);      // the prompt's last chunk, max_new_tokens 1
+  EXPECT_EQ(segment_sample(true, 1, 40), kSampleAndGoOn);  // ... of a longer request
+  EXPECT_EQ(segment_sample(true, 39, 40), kSampleAndGoOn);
+  EXPECT_EQ(segment_sample(true, 40, 40), kSampleLast);
+}
+
 // The forward pass checks its segments again (a scheduler's or a peer's): positions past the
 // model's, and a start so large that start + tokens overflows, are errors before any cache use.
 TEST(Distributed, SegmentsOutsideTheModelAreRefusedByThePass) {
