@@ -36,13 +36,18 @@ struct RowsRead {
 // every ForwardPass::run_layers); returns the total tokens. Throws Error naming the positions.
 int64_t reserve_segments(const ModelConfig& config, std::span<const Segment> segments, KvCache& cache);
 
-// GPU ranks' links (comm/nccl/): tensor-parallel sums and pipeline hand-offs in device memory,
-// ordered on the forward pass's stream, so activations never cross to the host between GPUs.
+// GPU ranks' links (comm/cuda_ipc/, comm/nccl/): tensor-parallel sums and pipeline hand-offs in
+// device memory, ordered on the forward pass's stream, so activations never cross to the host
+// between GPUs.
 class DeviceGroup {
  public:
   virtual ~DeviceGroup() = default;
   // data[i] = sum over the group's ranks of data[i] (device memory, f32), queued on `stream`.
   virtual void sum(float* data, int64_t count, void* stream) = 0;
+  // x[i] += that sum, data left as it was, where the link does both in one pass (the residual add
+  // of a tensor-parallel layer without a kernel of its own); false: nothing queued, the caller
+  // sums and adds. x[i] comes out as x[i] + the sum either way, bit for bit.
+  virtual bool sum_into(const float* /*data*/, float* /*x*/, int64_t /*count*/, void* /*stream*/) { return false; }
   // Point to point, matched in order per pair of ranks (ranks of this group), queued on `stream`.
   virtual void send(int peer, const float* data, int64_t count, void* stream) = 0;
   virtual void recv(int peer, float* data, int64_t count, void* stream) = 0;

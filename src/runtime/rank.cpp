@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/process_stats.h"
 #if SHARDLM_HAVE_CUDA
+#include "comm/cuda_ipc/peer_group.h"
 #include "model/cuda/cuda_transformer.h"
 #endif
 #if SHARDLM_HAVE_NCCL
@@ -62,8 +63,8 @@ double Rank::comm_s() const {
 
 namespace {
 // NCCL over `group` for a pass on `device`, or null with the reason in `why`.
-std::unique_ptr<DeviceGroup> device_group(comm::Group& group, int device, std::chrono::milliseconds timeout,
-                                          std::string* why) {
+std::unique_ptr<DeviceGroup> nccl_group(comm::Group& group, int device, std::chrono::milliseconds timeout,
+                                        std::string* why) {
   *why = "this shardlm was built without NCCL (nccl.h was not found)";
 #if SHARDLM_HAVE_NCCL
   return comm::NcclGroup::create(group, device, std::chrono::ceil<std::chrono::seconds>(timeout), why);
@@ -71,6 +72,35 @@ std::unique_ptr<DeviceGroup> device_group(comm::Group& group, int device, std::c
   (void)group, (void)device, (void)timeout;
   return nullptr;
 #endif
+}
+
+// The GPUs' link for tensor-parallel sums: their mapped memory where every rank's GPU is on this
+// host and reaches the others' (one kernel a sum; NCCL, in `large`, takes the sums over 4 MB where
+// it starts), else NCCL; null with the reasons in `why`.
+std::unique_ptr<DeviceGroup> sum_group(comm::Group& group, int device, std::chrono::milliseconds timeout,
+                                       std::string* why, std::string* link, std::unique_ptr<DeviceGroup>* large) {
+  const auto seconds = std::chrono::ceil<std::chrono::seconds>(timeout);
+#if SHARDLM_HAVE_CUDA
+  std::string no_peer;
+  if (auto g = comm::PeerGroup::create(group, device, seconds, &no_peer)) {
+    *link = "peer";
+#if SHARDLM_HAVE_NCCL
+    std::string no_nccl;
+    if (auto nccl = comm::NcclGroup::create(group, device, seconds, &no_nccl)) {
+      g->send_large_sums_to(nccl.get());
+      *large = std::move(nccl);
+      *link = "peer+nccl";
+    } else {
+      log_debug("tensor-parallel sums over 4 MB: no NCCL ({}), through peer memory too", no_nccl);
+    }
+#endif
+    return g;
+  }
+  log_debug("tensor-parallel sums: no peer memory ({}), trying NCCL", no_peer);
+#endif
+  (void)large;
+  *link = "nccl";
+  return nccl_group(group, device, timeout, why);
 }
 }  // namespace
 
@@ -97,22 +127,22 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   weights_ = load_weights(*files_, slice_of(plan_, world.rank()));
   prefault_weights(weights_, pool_.size());
   transformer_ = make_forward_pass(o.device, weights_, pool_, world.rank());
-  // GPU ranks link through NCCL where each rank of a group has its own GPU; every rank of a group
-  // decides this alike (device_ordinal() is -1 on every rank of a CPU run).
+  // GPU ranks link through their mapped memory (sums) or NCCL where each rank of a group has its
+  // own GPU; every rank of a group decides this alike (device_ordinal() is -1 on every rank of a CPU run).
   const int gpu = transformer_->device_ordinal();
   std::string why;
   if (plan_.tp > 1) {
     transformer_->set_all_reduce(
         [this](float* data, int64_t count) { timed([&] { tp_group_->all_reduce_sum(data, size_t(count)); }); });
     if (gpu >= 0) {
-      device_all_reduce_ = device_group(*tp_group_, gpu, o.timeout, &why);
+      device_all_reduce_ = sum_group(*tp_group_, gpu, o.timeout, &why, &tp_link_, &device_large_sums_);
       if (device_all_reduce_) transformer_->set_device_all_reduce(device_all_reduce_.get());
       else log_info("rank {}: tensor-parallel sums go through the host: {}", world.rank(), why);
     }
   }
   if (plan_.pp > 1 && gpu >= 0) {
     pipeline_group_ = world.split(tp_rank_, stage_);  // its rank s is stage s
-    device_pipeline_ = device_group(*pipeline_group_, gpu, o.timeout, &why);
+    device_pipeline_ = nccl_group(*pipeline_group_, gpu, o.timeout, &why);
     if (device_pipeline_)
       transformer_->set_device_pipeline(device_pipeline_.get(), stage_ > 0 ? stage_ - 1 : -1,
                                         stage_ < last_stage_ ? stage_ + 1 : -1);
@@ -374,7 +404,7 @@ nlohmann::json Rank::report() const {
           {"longest_step_s", longest_step_s_},
           {"comm_s", comm_s()},
           {"comm_share", step_s_ > 0 ? comm_s() / step_s_ : 0.0},
-          {"tp_all_reduce", plan_.tp == 1 ? "none" : device_all_reduce_ ? "nccl" : "host"},
+          {"tp_all_reduce", plan_.tp == 1 ? "none" : device_all_reduce_ ? tp_link_ : "host"},
           {"pp_hand_off", plan_.pp == 1 ? "none" : device_pipeline_ ? "nccl" : "host"},
           {"bytes_sent", w.bytes_sent + t.bytes_sent + device_bytes_sent},
           {"backend", world_.backend()}};

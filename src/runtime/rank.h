@@ -109,7 +109,9 @@ class Rank {
   ThreadPool pool_;
   ModelWeights weights_;
   std::unique_ptr<comm::Group> pipeline_group_;         // GPU pipelines: the ranks of this TP index, by stage
-  std::unique_ptr<DeviceGroup> device_all_reduce_;      // NCCL for GPU tensor parallelism, else null
+  std::unique_ptr<DeviceGroup> device_large_sums_;      // NCCL for the peer group's sums over 4 MB: outlives it
+  std::unique_ptr<DeviceGroup> device_all_reduce_;      // peer memory or NCCL for GPU tensor parallelism, else null
+  std::string tp_link_;                                 // which: "peer", "peer+nccl" or "nccl"
   std::unique_ptr<DeviceGroup> device_pipeline_;        // NCCL for GPU pipeline hand-offs, else null
   // After the groups, so destroyed before them: NCCL does not let a communicator go while CUDA
   // graphs that captured its transfers still exist (ncclCommDestroy waits for them).

@@ -217,7 +217,7 @@ ClusterOptions gpu_split(const std::string& model, int pp, int tp) {
 // Each rank is a forked process on GPU rank % GPUs (all on one GPU of a one-GPU machine), and rank
 // 0 runs in this process: one cluster per test process (ctest and run-all run each test alone).
 // Compared with the CPU engine, as this process must not touch CUDA before it forks.
-void check_split_on_gpus(int pp, int tp) {
+void check_split_on_gpus(int pp, int tp, const char* sum_link = "peer+nccl") {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
   const GenerateResult cpu = run_engine(model, "cpu");
@@ -229,14 +229,14 @@ void check_split_on_gpus(int pp, int tp) {
   const GenerateResult g = c.generate(request());
   EXPECT_EQ(g.output_ids, cpu.output_ids);
   EXPECT_LT(test::max_relative_error(g.first_logits, cpu.first_logits), 1e-2);
-  // Tensor-parallel sums and pipeline hand-offs stay on the GPUs (NCCL) when each rank has its
-  // own, else cross the host.
-  const std::string sums = tp == 1 ? "none" : gpu_count() >= tp ? "nccl" : "host";
+  // Tensor-parallel sums (through peer memory, or NCCL) and pipeline hand-offs (NCCL) stay on the
+  // GPUs when each rank has its own, else cross the host.
+  const std::string sums = tp == 1 ? "none" : gpu_count() >= tp ? sum_link : "host";
   const std::string hand_offs = pp == 1 ? "none" : gpu_count() >= pp ? "nccl" : "host";
   for (const auto& r : c.rank_reports()) {
     EXPECT_EQ(r["tp_all_reduce"], sums) << r.dump();
     EXPECT_EQ(r["pp_hand_off"], hand_offs) << r.dump();
-    if (sums == "nccl") {
+    if (sums != "none" && sums != "host") {
       // Decode steps replay CUDA graphs with the sums in them: they are still counted (each
       // token's row summed twice a layer: at least that many bytes sent) and timed.
       const int64_t layers = 4, hidden = 256;
@@ -262,12 +262,16 @@ void check_split_on_gpus(int pp, int tp) {
 
 TEST(Cuda, PipelineParallelRanksOnGpus) { check_split_on_gpus(2, 1); }
 TEST(Cuda, TensorParallelRanksOnGpus) { check_split_on_gpus(1, 2); }
+TEST(Cuda, TensorParallelRanksOnGpusSumOverNccl) {
+  ::setenv("SHARDLM_PEER_SUMS", "0", 1);  // the ranks inherit it
+  check_split_on_gpus(1, 2, "nccl");
+}
 
-// A rank lost mid-decode: rank 1 of a TP2 or PP2 run over NCCL is killed while the steps replay
-// CUDA graphs whose all-reduces or hand-offs wait for it. Rank 0 (this process, GPU 0) may see
-// only its transfers stall: it gives up within the cluster's timeout, aborts its NCCL group, and
-// the error names the lost rank; the GPU then runs a model again (the aborted group left nothing
-// waiting on it).
+// A rank lost mid-decode: rank 1 of a TP2 run (sums through peer memory) or a PP2 run (NCCL) is
+// killed while the steps replay CUDA graphs whose sums or hand-offs wait for it. Rank 0 (this
+// process, GPU 0) may see only its transfers stall: it gives up within the cluster's timeout,
+// aborts its group, and the error names the lost rank; the GPU then runs a model again (the
+// aborted group left nothing waiting on it).
 void check_lost_rank_on_gpus(int pp, int tp) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   if (gpu_count() < 2) GTEST_SKIP() << "needs two GPUs (NCCL between them)";
@@ -281,7 +285,7 @@ void check_lost_rank_on_gpus(int pp, int tp) {
   {
     Cluster c(o);
     const nlohmann::json reports = c.rank_reports();
-    ASSERT_EQ(reports[1][tp > 1 ? "tp_all_reduce" : "pp_hand_off"], "nccl") << reports.dump();
+    ASSERT_EQ(reports[1][tp > 1 ? "tp_all_reduce" : "pp_hand_off"], tp > 1 ? "peer+nccl" : "nccl") << reports.dump();
     victim = reports[1]["pid"].get<pid_t>();
     GenerateRequest r = request();
     r.max_new_tokens = 400;

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include "core/log.h"
@@ -154,16 +155,14 @@ std::unique_ptr<NcclGroup> NcclGroup::join(const std::vector<uint8_t>& id, int r
                                   timeout.count()));
     check_nccl(r, "ncclCommInitRankConfig", rank);
   }
-  std::unique_ptr<NcclGroup> g(new NcclGroup);
+  std::unique_ptr<NcclGroup> g(new NcclGroup(timeout));
   g->comm_ = comm;
   g->rank_ = rank;
   g->size_ = size;
-  g->timeout_ = timeout;
   return g;
 }
 
 NcclGroup::~NcclGroup() {
-  for (const Timing& t : events_) cudaEventDestroy(cudaEvent_t(t.start)), cudaEventDestroy(cudaEvent_t(t.end));
   if (!comm_) return;
   // A clean end flushes the communicator (every rank's last transfers) within the timeout; after
   // an error, or a peer that never finishes, it is aborted instead (destroying waits for peers).
@@ -188,92 +187,40 @@ void NcclGroup::settle(int result, const char* what) {
   check_nccl(r, what, rank_);
 }
 
-template <class F>
-void NcclGroup::timed(void* stream, uint64_t bytes, F&& call) {
-  const cudaStream_t s = cudaStream_t(stream);
-  if (capturing_) capture_.bytes += bytes;
-  else bytes_sent_ += bytes;
-  if (capturing_ && !capture_timed_) return call(s);
-  if (used_events_ == events_.size()) {
-    cudaEvent_t a, b;
-    check_cuda(cudaEventCreate(&a), "cudaEventCreate");
-    check_cuda(cudaEventCreate(&b), "cudaEventCreate");
-    events_.push_back({a, b, 1});
-  }
-  Timing& t = events_[used_events_++];
-  t.weight = 1;
-  // Captured, the events become nodes of the graph, recorded at every launch.
-  const unsigned flags = capturing_ ? cudaEventRecordExternal : cudaEventRecordDefault;
-  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(t.start), s, flags), "cudaEventRecord");
-  call(s);
-  check_cuda(cudaEventRecordWithFlags(cudaEvent_t(t.end), s, flags), "cudaEventRecord");
-}
-
-void NcclGroup::begin_capture(bool timed) {
-  capturing_ = true, capture_timed_ = timed;
-  capture_ = {used_events_, 0, 0};
-}
-
-NcclGroup::Captured NcclGroup::end_capture() {
-  capturing_ = false;
-  capture_.events = used_events_ - capture_.first_event;
-  used_events_ = capture_.first_event;  // nothing ran yet
-  return capture_;
-}
-
-void NcclGroup::replayed(const Captured& c, int weight) {
-  SHARDLM_CHECK(c.first_event == used_events_ && c.first_event + c.events <= events_.size(),
-                "internal: a CUDA graph's NCCL operations launched out of their captured order");
-  for (size_t i = 0; i < c.events; ++i) events_[used_events_++].weight = weight;
-  bytes_sent_ += c.bytes;
-}
-
 void NcclGroup::sum(float* data, int64_t count, void* stream) {
-  timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
-    settle(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), s), "ncclAllReduce");
-  });
+  timed(stream, uint64_t(count) * 4, [&](void* s) { enqueue_sum(data, count, s); });
+}
+
+void NcclGroup::enqueue_sum(float* data, int64_t count, void* stream) {
+  settle(nccl().all_reduce(data, data, size_t(count), ncclFloat32, ncclSum, ncclComm_t(comm_), cudaStream_t(stream)),
+         "ncclAllReduce");
 }
 
 void NcclGroup::send(int peer, const float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL send to rank {} of {}", peer, size_);
-  timed(stream, uint64_t(count) * 4, [&](cudaStream_t s) {
-    settle(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclSend");
+  timed(stream, uint64_t(count) * 4, [&](void* s) {
+    settle(nccl().send(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), cudaStream_t(s)), "ncclSend");
   });
 }
 
 void NcclGroup::recv(int peer, float* data, int64_t count, void* stream) {
   SHARDLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "internal: NCCL recv from rank {} of {}", peer, size_);
-  timed(stream, 0, [&](cudaStream_t s) {
-    settle(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), s), "ncclRecv");
+  timed(stream, 0, [&](void* s) {
+    settle(nccl().recv(data, size_t(count), ncclFloat32, peer, ncclComm_t(comm_), cudaStream_t(s)), "ncclRecv");
   });
 }
 
+void NcclGroup::check() {
+  ncclResult_t async = ncclSuccess;
+  nccl().async_error(ncclComm_t(comm_), &async);
+  if (async != ncclSuccess && async != ncclInProgress) {
+    failed_ = true;
+    throw CommError(fmt::format("NCCL on rank {}: {} (a peer lost?)", rank_, nccl().error_string(async)));
+  }
+}
+
 void NcclGroup::wait(void* stream) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout_;
-  for (;;) {
-    const cudaError_t e = cudaStreamQuery(cudaStream_t(stream));
-    if (e == cudaSuccess) break;
-    if (e != cudaErrorNotReady) check_cuda(e, "a step's kernels");
-    ncclResult_t async = ncclSuccess;
-    nccl().async_error(ncclComm_t(comm_), &async);
-    if (async != ncclSuccess && async != ncclInProgress) {
-      failed_ = true;
-      throw CommError(fmt::format("NCCL on rank {}: {} (a peer lost?)", rank_, nccl().error_string(async)));
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      failed_ = true;
-      throw CommError(fmt::format("NCCL on rank {}: a step's transfers did not finish in {} s (a peer lost?)", rank_,
-                                  timeout_.count()));
-    }
-    std::this_thread::yield();
-  }
-  for (size_t i = 0; i < used_events_; ++i) {
-    const Timing& t = events_[i];
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, cudaEvent_t(t.start), cudaEvent_t(t.end)), "cudaEventElapsedTime");
-    seconds_ += t.weight * ms / 1e3;
-  }
-  used_events_ = 0;
+  wait_for(stream, fmt::format("NCCL on rank {}", rank_), [&] { check(); }, [&] { failed_ = true; });
 }
 
 }  // namespace shardlm::comm

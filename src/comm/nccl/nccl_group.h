@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "comm/device/timed_device_group.h"
 #include "comm/group.h"
-#include "model/forward_pass.h"
 
 namespace shardlm::comm {
 
-class NcclGroup : public DeviceGroup {
+class NcclGroup : public TimedDeviceGroup {
  public:
   // Called by every rank of `group` at once (a collective on it), each with the GPU its pass runs
   // on; the NCCL ranks are `group`'s. All ranks get NCCL or all get null, with `why` saying why
@@ -35,36 +35,15 @@ class NcclGroup : public DeviceGroup {
   void recv(int peer, float* data, int64_t count, void* stream) override;
   void wait(void* stream) override;
   void abort() override;
-  double seconds() const override { return seconds_; }
-  uint64_t bytes_sent() const override { return bytes_sent_; }
-  void begin_capture(bool timed) override;
-  Captured end_capture() override;
-  void replayed(const Captured& captured, int weight) override;
+  void enqueue_sum(float* data, int64_t count, void* stream) override;
+  void check() override;
 
  private:
-  NcclGroup() = default;
-  // Runs one NCCL call that sends `bytes`, between two timing events on `stream`.
-  template <class F>
-  void timed(void* stream, uint64_t bytes, F&& call);
+  explicit NcclGroup(std::chrono::seconds timeout) : TimedDeviceGroup(timeout) {}
   // Checks an NCCL call's result, waiting (at most timeout_) for one still in progress.
   void settle(int result, const char* what);
   void* comm_ = nullptr;  // ncclComm_t
-  std::chrono::seconds timeout_{};
-  // Each operation of the step, in order: its start and end events (cudaEvent_t) and how many
-  // launches its time stands for. Graphs record the same events (steps follow one another, each
-  // finished by wait()).
-  struct Timing {
-    void* start;
-    void* end;
-    int weight;
-  };
-  std::vector<Timing> events_;
-  size_t used_events_ = 0;
-  double seconds_ = 0;
-  uint64_t bytes_sent_ = 0;
-  bool capturing_ = false, capture_timed_ = false;
   bool failed_ = false;  // a call or wait() failed: the communicator is aborted, never destroyed
-  Captured capture_;
   int rank_ = 0, size_ = 0;
 };
 

@@ -499,6 +499,7 @@ void CudaTransformer::run_layers(const int32_t* ids, float* x, std::span<const S
     }
     product(d.partial.get<float>(), false);
     if (device_all_reduce_) {
+      if (device_all_reduce_->sum_into(d.partial.get<float>(), dx, n * H, s)) return;
       device_all_reduce_->sum(d.partial.get<float>(), n * H, s);
     } else {
       SHARDLM_CHECK(bool(all_reduce_), "internal: tensor-parallel weights without an all-reduce");

@@ -3,7 +3,7 @@
 // under the same block ids as the host bookkeeping, and each call moves only the activations
 // across PCIe: on the first stage not even those, but token ids (the embedding is on the device,
 // shared with a tied lm_head), and back only the rows the caller reads. Tensor-parallel partial
-// sums and pipeline hand-offs stay on the devices with a DeviceGroup (NCCL), or go through the
+// sums and pipeline hand-offs stay on the devices with a DeviceGroup (peer memory, NCCL), or go through the
 // host (the runtime's all-reduce, x in and out) without one. Prefill's products run on the tensor
 // cores (cuBLAS) where it can be loaded.
 #pragma once
