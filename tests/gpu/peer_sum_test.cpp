@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if SHARDLM_HAVE_CUDA
@@ -130,12 +131,54 @@ bool sum_matches(int rank, comm::PeerGroup& g, cudaStream_t s, int64_t count, in
   return ok && cudaGetLastError() == cudaSuccess;
 }
 
+void CUDART_CB hold_up(void* microseconds) {
+  std::this_thread::sleep_for(std::chrono::microseconds(reinterpret_cast<uintptr_t>(microseconds)));
+}
+
+// Many sums queued back to back, no wait between them, of sizes whose grids and slices change from
+// one sum to the next, with rank 1's stream held up now and then (the ranks' skew), so that a rank
+// runs ahead into staging its peer may still read. Every result is checked once all are done.
+bool back_to_back_sums_match(int rank, comm::PeerGroup& g, cudaStream_t s) {
+  const std::vector<int64_t> sizes = {2048, 2049, 1, 5000, 300 * 2048 + 7, 3, 2049, 70000, 4096, 2051, 1 << 20, 2048};
+  const int sums = 240;
+  std::vector<float*> buffers(sums);
+  std::vector<std::vector<float>> expected(sums);
+  for (int k = 0; k < sums; ++k) {
+    const int64_t count = sizes[size_t(k * 7) % sizes.size()];
+    std::vector<float> mine(static_cast<size_t>(count));
+    expected[size_t(k)].resize(size_t(count));
+    for (int64_t i = 0; i < count; ++i) {
+      mine[size_t(i)] = part(rank, i + k);
+      expected[size_t(k)][size_t(i)] = part(0, i + k) + part(1, i + k);
+    }
+    cudaMalloc(reinterpret_cast<void**>(&buffers[size_t(k)]), sizeof(float) * size_t(count));
+    cudaMemcpy(buffers[size_t(k)], mine.data(), sizeof(float) * size_t(count), cudaMemcpyHostToDevice);
+  }
+  for (int k = 0; k < sums; ++k) {
+    if (rank == 1 && k % 5 == 0) cudaLaunchHostFunc(s, hold_up, reinterpret_cast<void*>(uintptr_t(k * 37 % 300)));
+    g.sum(buffers[size_t(k)], int64_t(expected[size_t(k)].size()), s);
+  }
+  g.wait(s);
+  bool ok = true;
+  for (int k = 0; k < sums; ++k) {
+    std::vector<float> got(expected[size_t(k)].size());
+    cudaMemcpy(got.data(), buffers[size_t(k)], sizeof(float) * got.size(), cudaMemcpyDeviceToHost);
+    if (ok && std::memcmp(got.data(), expected[size_t(k)].data(), sizeof(float) * got.size()) != 0) {
+      std::fprintf(stderr, "rank %d: back-to-back sum %d of %zu floats differs\n", rank, k, got.size());
+      ok = false;
+    }
+    cudaFree(buffers[size_t(k)]);
+  }
+  return ok && cudaGetLastError() == cudaSuccess;
+}
+
 }  // namespace
 
 // Which clusters the ranks agree to link through peer memory (host logic: runs in CI too).
 TEST(CudaHost, PeerSumsNeedOneHostAndAGpuEach) {
-  const auto offer = [](const char* boot, const char* bus, int wanted = 1) {
+  const auto offer = [](const char* boot, const char* bus, int wanted = 1, int sms = 132) {
     comm::PeerOffer o;
+    o.sms = sms;
     std::strncpy(o.boot_id, boot, sizeof o.boot_id - 1);
     std::strncpy(o.bus_id, bus, sizeof o.bus_id - 1);
     o.wanted = wanted;
@@ -146,7 +189,11 @@ TEST(CudaHost, PeerSumsNeedOneHostAndAGpuEach) {
   EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0"), offer("", "0000:3b:00.0")}), "ranks on different hosts");
   EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0"), offer("b1", "0000:3b:00.0"), offer("b1", "0000:19:00.0")}),
             "ranks 0 and 2 share a GPU");
-  EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0"), offer("b1", "")}), "rank 1's GPU has no PCI address");
+  EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0"), offer("b1", "")}),
+            "rank 1's GPU did not say its PCI address or SM count");
+  EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0", 1, 0), offer("b1", "0000:3b:00.0")}),
+            "rank 0's GPU did not say its PCI address or SM count");
+  EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0", 1, 132), offer("b1", "0000:3b:00.0", 1, 114)}), "");
   EXPECT_EQ(comm::peer_refusal({offer("b1", "0000:19:00.0"), offer("b1", "0000:3b:00.0", 0)}),
             "SHARDLM_PEER_SUMS=0 on rank 1");
 }
@@ -169,6 +216,7 @@ TEST(PeerSums, TwoGpusGetTheSameExactSums) {
     for (int64_t count : {int64_t(2048), int64_t(2051), int64_t(256 * 2048)})
       for (int64_t offset : {int64_t(0), int64_t(1)}) ok = ok && sum_matches(rank, g, s, count, offset, false, true);
     ok = ok && sum_matches(rank, g, s, 4096, 0, true, true);
+    ok = ok && back_to_back_sums_match(rank, g, s);
 #if SHARDLM_HAVE_NCCL
     // Sums larger than a piece go to NCCL where it starts, the rest still through peer memory.
     std::string no_nccl;

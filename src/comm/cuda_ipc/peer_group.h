@@ -22,9 +22,10 @@ struct PeerOffer {
   char boot_id[48] = {};  // the kernel's boot id: ranks with the same one share a host
   char bus_id[32] = {};   // the rank's GPU (PCI address)
   int32_t wanted = 0;     // SHARDLM_PEER_SUMS is not 0 there
+  int32_t sms = 0;        // the GPU's SMs: a sum's grid is at most the fewest of the group's
 };
 // Why these offers rule out peer memory, or "": ranks on different hosts, sharing a GPU, a GPU
-// without a PCI address, or a rank that turned it off.
+// that does not say its PCI address or SM count, or a rank that turned it off.
 std::string peer_refusal(const std::vector<PeerOffer>& offers);
 
 class PeerGroup : public TimedDeviceGroup {
@@ -48,7 +49,10 @@ class PeerGroup : public TimedDeviceGroup {
   explicit PeerGroup(std::chrono::seconds timeout) : TimedDeviceGroup(timeout) {}
   // Queues the kernels of a sum of `data` (into `x` where given, else in place), a piece each.
   void queue(float* data, float* x, int64_t count, void* stream);
-  int rank_ = 0, size_ = 0, device_ = 0;
+  void refuse_after_failure() const;  // CommError once the group gave up
+  // Ends every sum's wait on the GPU and refuses further sums (a lost peer, an error).
+  void stop_waiting();
+  int rank_ = 0, size_ = 0, device_ = 0, max_blocks_ = 1;
   char* region_ = nullptr;             // this rank's, which the others map
   std::vector<char*> mapped_;          // the others' regions as mapped here (null at this rank)
   char** regions_on_device_ = nullptr;  // [size_]: every region, this one included

@@ -2,8 +2,11 @@
 //
 // Why two staging parities: a rank pushes sum k+1 into a peer's region before knowing that the
 // peer has finished reading sum k. It can be at most one sum ahead there: it waits in sum k+1 for
-// the peer's flag of k+1, raised only after the peer's sum k has finished (kernels on a stream run
-// in order), so sums k and k+2 may share a parity, never k and k+1.
+// the peer's flags of k+1, raised only after the peer's whole sum k has finished (kernels on a
+// stream run in order), so sums k and k+2 may share a parity, never k and k+1. That needs every
+// block of a sum on the same parity whatever the grid (slices move with it): each block keeps its
+// own count of sums (blocks of one grid start and end in any order), and block 0 also advances
+// the counts of the blocks this grid lacks, so that all counts stay equal.
 #include <algorithm>
 
 #include "kernels/cuda/overlap.cuh"
@@ -33,7 +36,9 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
 }
 
 // Every block pushes, flags and waits on its own: no block waits for another of its grid.
-__global__ void __launch_bounds__(kThreads) peer_sum_kernel(PeerSum g, float* data, int64_t count, float* add_to) {
+// A block waits only for the same block of its peers; every block of the grid fits on the GPU
+// at once (at most one per SM), so none waits for a block that cannot start.
+__global__ void __launch_bounds__(kThreads, 1) peer_sum_kernel(PeerSum g, float* data, int64_t count, float* add_to) {
   detail::let_next_start();
   detail::wait_for_previous();
   __shared__ uint32_t epoch_shared;
@@ -109,6 +114,8 @@ __global__ void __launch_bounds__(kThreads) peer_sum_kernel(PeerSum g, float* da
     }
   }
   if (t == 0) counts[b] = epoch;
+  if (b == 0)
+    for (int j = int(gridDim.x) + t; j < PeerSumLayout::kMaxBlocks; j += kThreads) counts[j] = epoch;
 }
 
 }  // namespace
@@ -120,7 +127,8 @@ size_t PeerSumLayout::bytes(int ranks) {
 void peer_sum(const PeerSum& g, float* data, int64_t count, float* add_to, Stream s) {
   if (count <= 0) return;
   if (count > PeerSumLayout::kPieceFloats) detail::fail_with("internal: a peer sum larger than its staging piece");
-  const int blocks = int(std::min<int64_t>(PeerSumLayout::kMaxBlocks, (count + kFloatsPerBlock - 1) / kFloatsPerBlock));
+  const int most = std::clamp(g.max_blocks, 1, PeerSumLayout::kMaxBlocks);
+  const int blocks = int(std::min<int64_t>(most, (count + kFloatsPerBlock - 1) / kFloatsPerBlock));
   detail::launch_overlapping("peer_sum", peer_sum_kernel, dim3(blocks), dim3(kThreads), s, g, data, count, add_to);
 }
 

@@ -12,7 +12,7 @@
 namespace shardlm::cuda {
 
 struct PeerSumLayout {
-  static constexpr int kMaxBlocks = 256;
+  static constexpr int kMaxBlocks = 256;  // a sum's grid: at most this, and at most PeerSum::max_blocks
   // A sum of more floats runs as several kernels (the host splits it).
   static constexpr int64_t kPieceFloats = int64_t(1) << 20;
   // A region for `ranks` ranks: staging [2 parities][ranks][kPieceFloats] f32, then the flags
@@ -26,6 +26,9 @@ struct PeerSum {
   // Host memory mapped for the device: nonzero ends every wait at once (the host gave up on a
   // lost peer); a sum that saw it leaves data unsummed.
   const volatile int* abort = nullptr;
+  // The grid's limit, the same on every rank: the fewest SMs of the group's GPUs, so that every
+  // block of a sum is resident at once on each of them (a block waits for its peers' same block).
+  int max_blocks = 1;
 };
 
 // data[i] = the sum over ranks, in rank order, of each rank's data[i]; or, with `add_to`,
