@@ -14,6 +14,7 @@
 #include "runtime/cluster.h"
 #include "runtime/local_rank.h"
 #include "runtime/engine.h"
+#include "gpu/gpu_count.h"
 #include "test_models.h"
 #include "test_numerics.h"
 #include "test_paths.h"
@@ -22,13 +23,8 @@ using namespace shardlm;
 
 namespace {
 
-// Without touching CUDA: a process that has initialised it cannot fork ranks that use it.
-bool have_gpu() { return ::access("/dev/nvidia0", F_OK) == 0; }
-int gpu_count() {
-  int n = 0;
-  while (::access(("/dev/nvidia" + std::to_string(n)).c_str(), F_OK) == 0) ++n;
-  return n;
-}
+using test::gpu_count;
+using test::have_gpu;
 
 const char* kPrompt = "<|im_start|>user\nRun the same model on the GPU.<|im_end|>\n";
 

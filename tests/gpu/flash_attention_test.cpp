@@ -6,7 +6,6 @@
 // tensor-parallel rank's slice of heads. Skips where no GPU is visible (CI).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +15,7 @@
 
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
+#include "gpu/gpu_count.h"
 
 using namespace shardlm;
 using cuda::DeviceBuffer;
@@ -104,7 +104,7 @@ Differences max_differences(const Case& c) {
 }  // namespace
 
 TEST(Cuda, FlashAttentionMatchesThePagedKernel) {
-  if (::access("/dev/nvidia0", F_OK) != 0) GTEST_SKIP() << "no CUDA device";
+  if (!test::have_gpu()) GTEST_SKIP() << "no CUDA device";
   const Case cases[] = {
       {0, 200, 4, 2, 64},            // a prompt of 3 tiles and a part
       {0, 64, 8, 4, 128},            // one tile, head_dim 128, 4 query heads per kv head

@@ -2,12 +2,12 @@
 // NCCL's start) gives up after its timeout with an error, instead of waiting forever. Needs one
 // GPU and NCCL; skips without them.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <string>
 
 #include "comm/group.h"
+#include "gpu/gpu_count.h"
 
 #if SHARDLM_HAVE_NCCL
 #include "comm/nccl/nccl_group.h"
@@ -15,7 +15,7 @@
 using namespace shardlm;
 
 TEST(Nccl, ARankWhosePeerNeverJoinsGivesUpAfterItsTimeout) {
-  if (::access("/dev/nvidia0", F_OK) != 0) GTEST_SKIP() << "no CUDA device";
+  if (!test::have_gpu()) GTEST_SKIP() << "no CUDA device";
   std::string why;
   const std::vector<uint8_t> id = comm::NcclGroup::new_id(&why);
   if (id.empty()) GTEST_SKIP() << why;

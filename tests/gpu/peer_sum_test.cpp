@@ -2,7 +2,6 @@
 // this process uses CUDA, each on its own GPU, linked by a shared-memory host group. Needs two
 // GPUs; skips without them.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -21,53 +20,31 @@
 #include "comm/nccl/nccl_group.h"
 #endif
 #include "comm/shm/shm_group.h"
+#include "gpu/gpu_count.h"
 #include "kernels/cuda/peer_sum.h"
+#include "multiprocess.h"
 
 using namespace shardlm;
 
 namespace {
 
-int gpu_count() {
-  int n = 0;
-  while (::access(("/dev/nvidia" + std::to_string(n)).c_str(), F_OK) == 0) ++n;
-  return n;
-}
-
 // Rank r's value at i: distinct per rank and index, with fractions that round when added.
 float part(int rank, int64_t i) { return float(std::sin(0.37 * double(i) + rank)) * (1.0f + 0.125f * float(rank)); }
 
-// Runs body(rank, host group, peer group) in two forked processes, their peer group waiting at
-// most `timeout`; each exits 0 when its checks hold, else prints why and exits 1. Returns the two
-// exit statuses.
-using RankBody = std::function<int(int, comm::Group&, comm::PeerGroup&)>;
-std::vector<int> run_two_ranks(std::chrono::seconds timeout, const RankBody& body) {
+// Runs body(rank, host group, peer group) as two ranks (test::run_ranks: forked processes), their
+// peer group waiting at most `timeout`; a rank fails where body returns false, having said why.
+using RankBody = std::function<bool(int, comm::Group&, comm::PeerGroup&)>;
+void run_two_ranks(std::chrono::seconds timeout, const RankBody& body) {
   const std::string name = comm::new_shm_group_name();
-  std::vector<pid_t> pids;
-  for (int rank = 0; rank < 2; ++rank) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      int status = 1;
-      try {
-        auto host = comm::make_shm_group({name, rank, 2, std::chrono::seconds(20)});
-        std::string why;
-        auto g = comm::PeerGroup::create(*host, rank, timeout, &why);
-        if (g) status = body(rank, *host, *g);
-        else std::fprintf(stderr, "rank %d: no peer group: %s\n", rank, why.c_str());
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
-      }
-      std::fflush(stderr);
-      ::_exit(status);
-    }
-    pids.push_back(pid);
-  }
-  std::vector<int> statuses;
-  for (pid_t pid : pids) {
-    int s = 0;
-    ::waitpid(pid, &s, 0);
-    statuses.push_back(WIFEXITED(s) ? WEXITSTATUS(s) : 128 + WTERMSIG(s));
-  }
-  return statuses;
+  const auto outcomes = test::run_ranks(2, [&](int rank) {
+    auto host = comm::make_shm_group({name, rank, 2, std::chrono::seconds(20)});
+    std::string why;
+    auto g = comm::PeerGroup::create(*host, rank, timeout, &why);
+    ASSERT_TRUE(g) << "rank " << rank << ": no peer group: " << why;
+    EXPECT_TRUE(body(rank, *host, *g)) << "rank " << rank;
+  });
+  std::string report;
+  EXPECT_TRUE(test::all_passed(outcomes, &report)) << report;
 }
 
 // Sums `count` floats starting `offset` floats into a buffer, on the group's GPU, and checks every
@@ -199,7 +176,7 @@ TEST(CudaHost, PeerSumsNeedOneHostAndAGpuEach) {
 }
 
 TEST(PeerSums, TwoGpusGetTheSameExactSums) {
-  if (gpu_count() < 2) GTEST_SKIP() << "needs two GPUs";
+  if (test::gpu_count() < 2) GTEST_SKIP() << "needs two GPUs";
   const RankBody body = [](int rank, comm::Group& host, comm::PeerGroup& g) {
     cudaStream_t s;
     cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
@@ -233,15 +210,15 @@ TEST(PeerSums, TwoGpusGetTheSameExactSums) {
       std::fprintf(stderr, "rank %d: no time recorded for the sums\n", rank);
       ok = false;
     }
-    return ok ? 0 : 1;
+    return ok;
   };
-  EXPECT_EQ(run_two_ranks(std::chrono::seconds(20), body), (std::vector<int>{0, 0}));
+  run_two_ranks(std::chrono::seconds(20), body);
 }
 
 // A peer that leaves after the group has started: the sum's wait gives up within the timeout
 // with an error, the sum's kernel ends (the abort word), and the GPU goes on working.
 TEST(PeerSums, ALostPeerEndsTheWaitWithAnError) {
-  if (gpu_count() < 2) GTEST_SKIP() << "needs two GPUs";
+  if (test::gpu_count() < 2) GTEST_SKIP() << "needs two GPUs";
   const RankBody body = [](int rank, comm::Group& /*host*/, comm::PeerGroup& g) {
     if (rank == 1) ::_exit(0);  // gone without a word, its GPU memory with it
     cudaStream_t s;
@@ -275,8 +252,8 @@ TEST(PeerSums, ALostPeerEndsTheWaitWithAnError) {
       ok = false;
     }
     cudaFree(data);
-    return ok ? 0 : 1;
+    return ok;
   };
-  EXPECT_EQ(run_two_ranks(std::chrono::seconds(3), body), (std::vector<int>{0, 0}));
+  run_two_ranks(std::chrono::seconds(3), body);
 }
 #endif

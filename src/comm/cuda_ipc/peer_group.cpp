@@ -133,16 +133,20 @@ PeerGroup::~PeerGroup() {
 
 void PeerGroup::sum(float* data, int64_t count, void* stream) {
   refuse_after_failure();
-  if (large_ && count > cuda::PeerSumLayout::kPieceFloats)
+  if (goes_to_large(count))
     return timed(stream, uint64_t(count) * 4, [&](void* s) { large_->enqueue_sum(data, count, s); });
   queue(data, nullptr, count, stream);
 }
 
 bool PeerGroup::sum_into(const float* data, float* x, int64_t count, void* stream) {
   refuse_after_failure();
-  if (large_ && count > cuda::PeerSumLayout::kPieceFloats) return false;
+  if (goes_to_large(count)) return false;
   queue(const_cast<float*>(data), x, count, stream);  // data is only read when x is given
   return true;
+}
+
+bool PeerGroup::goes_to_large(int64_t count) const {
+  return large_ && count > cuda::PeerSumLayout::kPieceFloats;
 }
 
 void PeerGroup::refuse_after_failure() const {

@@ -49,7 +49,8 @@ class PeerGroup : public TimedDeviceGroup {
   explicit PeerGroup(std::chrono::seconds timeout) : TimedDeviceGroup(timeout) {}
   // Queues the kernels of a sum of `data` (into `x` where given, else in place), a piece each.
   void queue(float* data, float* x, int64_t count, void* stream);
-  void refuse_after_failure() const;  // CommError once the group gave up
+  bool goes_to_large(int64_t count) const;  // a sum over a staging piece, with a link for those
+  void refuse_after_failure() const;         // CommError once the group gave up
   // Ends every sum's wait on the GPU and refuses further sums (a lost peer, an error).
   void stop_waiting();
   int rank_ = 0, size_ = 0, device_ = 0, max_blocks_ = 1;

@@ -35,9 +35,9 @@ __device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
   return v;
 }
 
-// Every block pushes, flags and waits on its own: no block waits for another of its grid.
-// A block waits only for the same block of its peers; every block of the grid fits on the GPU
-// at once (at most one per SM), so none waits for a block that cannot start.
+// Every block pushes, flags and waits on its own: it waits only for the same block of its peers,
+// never for another of its grid. Every block of the grid fits on the GPU at once (at most one per
+// SM), so none waits for a block that cannot start.
 __global__ void __launch_bounds__(kThreads, 1) peer_sum_kernel(PeerSum g, float* data, int64_t count, float* add_to) {
   detail::let_next_start();
   detail::wait_for_previous();
