@@ -11,16 +11,14 @@
 
 #include "cli/bench_common.h"
 #include "cli/commands.h"
+#include "cli/gpu_ceilings.h"
+#include "cli/token_cost.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process_stats.h"
 #include "kernels/cpu/machine_ceiling.h"
 #include "runtime/cluster.h"
-#if SHARDLM_HAVE_CUDA
-#include "kernels/cuda/ops.h"
-#include "kernels/cuda/tensor_core_gemm.h"
-#endif
 
 namespace shardlm::cli {
 
@@ -35,36 +33,6 @@ struct BenchFlags {
   int repeats = 3;
   bool json = false;
 };
-
-int64_t matrix_bytes(const WeightMatrix& m) { return m.data ? m.rows * dtype_bytes(m.dtype, m.cols) : 0; }
-int64_t matrix_params(const WeightMatrix& m) { return m.data ? m.rows * m.cols : 0; }
-
-// Bytes and multiply-adds one token costs in the layers and in the head, for the whole model.
-// `products`: the bytes of each matrix product of a decode step as a GPU reads them (q|k|v, o,
-// gate|up and down stacked as it stacks them, then lm_head).
-struct TokenCost {
-  int64_t layer_bytes = 0, head_bytes = 0, layer_params = 0, head_params = 0;
-  std::string dtype;
-  std::vector<size_t> products;
-};
-TokenCost token_cost(const ModelFiles& files) {
-  ModelWeights w = load_weights(files);  // views only: nothing is read
-  TokenCost c;
-  for (const auto& L : w.layers) {
-    for (const WeightMatrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
-      c.layer_bytes += matrix_bytes(*m);
-      c.layer_params += matrix_params(*m);
-    }
-    for (int64_t bytes : {matrix_bytes(L.q) + matrix_bytes(L.k) + matrix_bytes(L.v), matrix_bytes(L.o),
-                          matrix_bytes(L.gate) + matrix_bytes(L.up), matrix_bytes(L.down)})
-      c.products.push_back(size_t(bytes));
-  }
-  c.products.push_back(size_t(matrix_bytes(w.lm_head)));
-  c.head_bytes = matrix_bytes(w.lm_head);
-  c.head_params = matrix_params(w.lm_head);
-  c.dtype = std::string(dtype_name(w.layers.at(0).q.dtype));
-  return c;
-}
 
 struct Timing {
   double prefill_s;   // one request: its prefill; a batch: until every request has its first token
@@ -111,7 +79,7 @@ void run_bench(BenchFlags& f) {
   const bool gpu = f.cluster.device == "cuda";
   ThreadPool probe_pool(split || f.cluster.threads_per_rank == 0 ? ThreadPool::default_threads()
                                                                  : f.cluster.threads_per_rank);
-  double read_bw = 0, fma_peak = 0, floor_s = 0;
+  double read_bw = 0, copy_bw = 0, fma_peak = 0, floor_s = 0;
   if (!gpu) {  // a GPU's ceiling is measured after the run: this process forks its ranks first
     log_info("bench: measuring the machine (read bandwidth, FMA peak) on {} threads", probe_pool.size());
     read_bw = measure_read_bandwidth(probe_pool);
@@ -131,22 +99,10 @@ void run_bench(BenchFlags& f) {
   nlohmann::json ranks = cluster.rank_reports();
   std::string device_name = "cpu";
   if (gpu) {
-#if SHARDLM_HAVE_CUDA
-    log_info("bench: measuring GPU 0's read bandwidth and bf16 matrix-product FLOP/s");
-    read_bw = cuda::measure_read_bandwidth(0);
+    const GpuCeilings c = measure_gpu_ceilings();
+    read_bw = c.read_bw, copy_bw = c.copy_bw, fma_peak = c.bf16_flops, device_name = c.name;
     // One GPU at batch 1: also the floor of an engine that reads each matrix with a kernel of its own.
-    if (!split && f.batch == 1) {
-      try {
-        floor_s = cuda::measure_read_seconds(0, cost.products);
-      } catch (const std::exception& e) {  // the run's figures stand without it
-        log_info("bench: no decode floor: {}", e.what());
-      }
-    }
-    std::string why;
-    fma_peak = cuda::TensorCoreGemm::measure_bf16_flops(0, &why);  // 0 without cuBLAS
-    if (fma_peak == 0) log_info("bench: no bf16 FLOP/s ceiling: {}", why);
-    device_name = cuda::device_name(0);
-#endif
+    if (!split && f.batch == 1) floor_s = gpu_decode_floor_seconds(cost.products);
   }
   const std::string layout =
       split ? fmt::format("pp {} x tp {} over {}", f.cluster.pp, f.cluster.tp, cluster.backend_name())
@@ -171,7 +127,7 @@ void run_bench(BenchFlags& f) {
   // One request: decode tokens after the first, over its decode time. A batch: every generated
   // token over the whole run (prompts included), the aggregate a server would see.
   const double decode_tok_s = f.batch == 1 ? double(f.decode_tokens) / decode_s : generated / decode_s;
-  const double bytes_per_token = double(cost.layer_bytes + cost.head_bytes);
+  const double bytes_per_token = double(cost.bytes_per_token());
   // Each step reads every weight once for the whole batch.
   const double steps_s = f.batch == 1 ? decode_tok_s : double(cluster.last_run().steps) / cluster.last_run().seconds;
   const double decode_bw = bytes_per_token * steps_s;
@@ -197,6 +153,7 @@ void run_bench(BenchFlags& f) {
                       {"load_s", cluster.load_s()},
                       {"peak_rss_bytes", largest_rss},
                       {"read_bandwidth_bytes_s", read_bw},
+                      {"copy_bandwidth_bytes_s", copy_bw > 0 ? nlohmann::json(copy_bw) : nlohmann::json(nullptr)},
                       {"fma_peak_flop_s", fma_peak},
                       {"prompt_tokens", f.prompt_tokens},
                       {"prefill_tok_s", prefill_tok_s},
@@ -207,6 +164,7 @@ void run_bench(BenchFlags& f) {
                       {"decode_bytes_per_token", bytes_per_token},
                       {"decode_bytes_s", decode_bw},
                       {"decode_fraction_of_read_bandwidth", decode_bw / read_bw},
+                      {"decode_fraction_of_copy_bandwidth", copy_bw > 0 ? nlohmann::json(decode_bw / copy_bw) : nlohmann::json(nullptr)},
                       {"decode_floor_tok_s", floor_s > 0 ? nlohmann::json(1 / floor_s) : nlohmann::json(nullptr)},
                       {"comm_share", comm_share},
                       {"longest_step_s", longest_step},
@@ -219,23 +177,25 @@ void run_bench(BenchFlags& f) {
   fmt::print("model            {} ({}, {}, {})\n", f.cluster.model_path, cost.dtype, layout, simd_level_name(simd_level()));
   fmt::print("load             {:.2f} s, largest peak RSS of a rank {:.2f} GB\n", cluster.load_s(), largest_rss / 1e9);
   if (gpu)
-    fmt::print("ceilings         {} read bandwidth {:.1f} GB/s, bf16 matrix products {:.1f} TFLOP/s (measured after the "
-               "run); largest GPU memory of a rank {:.2f} GB\n", device_name, read_bw / 1e9, fma_peak / 1e12,
-               largest_device / 1e9);
+    fmt::print("ceilings         {} read bandwidth {:.1f} GB/s, copy bandwidth {:.1f} GB/s (read + written), bf16 "
+               "matrix products {:.1f} TFLOP/s (measured after the run); largest GPU memory of a rank {:.2f} GB\n",
+               device_name, read_bw / 1e9, copy_bw / 1e9, fma_peak / 1e12, largest_device / 1e9);
   else
     fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
                fma_peak / 1e9);
+  // A GPU's decode also against its copy bandwidth, the ceiling GPU figures usually quote.
+  const std::string of_copy = copy_bw > 0 ? fmt::format(", {:.0f}% of copy bandwidth", 100 * decode_bw / copy_bw) : "";
   if (f.batch == 1)
-    fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth (median of {})\n",
-               decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
+    fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth{} (median of {})\n",
+               decode_tok_s, decode_bw / 1e9, 100 * decode_bw / read_bw, of_copy, f.repeats);
   if (floor_s > 0)
     fmt::print("decode floor     {:.2f} tok/s: the step's {} matrices each read by a kernel of its own, back to back "
                "({:.0f}% of read bandwidth); decode at {:.0f}% of it\n",
                1 / floor_s, cost.products.size(), 100 * bytes_per_token / floor_s / read_bw, 100 * decode_tok_s * floor_s);
   if (f.batch != 1)
     fmt::print("decode, batch {}  {:.2f} tok/s aggregate; {:.1f} steps/s stream {:.1f} GB/s of weights = {:.0f}% of read "
-               "bandwidth (median of {})\n",
-               f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, f.repeats);
+               "bandwidth{} (median of {})\n",
+               f.batch, decode_tok_s, steps_s, decode_bw / 1e9, 100 * decode_bw / read_bw, of_copy, f.repeats);
   if (fma_peak > 0)
     fmt::print("prefill ({} tok) {:.1f} tok/s = {:.1f} GFLOP/s = {:.0f}% of {} (chunk {}, longest step {:.3f} s)\n",
                f.prompt_tokens, prefill_tok_s, prefill_flop_s / 1e9, 100 * prefill_flop_s / fma_peak,
@@ -278,7 +238,7 @@ void add_bench(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--json", f->json, "Print one JSON object");
-  cmd->add_option("--device", f->cluster.device, "Where the layers run: cpu, or cuda (the ceiling is then GPU 0's read bandwidth)")
+  cmd->add_option("--device", f->cluster.device, "Where the layers run: cpu, or cuda (the ceilings are then GPU 0's read and copy bandwidth)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--comm", *comm_mode, "Measure all_reduce latency between ranks (16 KB and 1 MB) instead of a model");
@@ -306,6 +266,7 @@ void add_bench(CLI::App& app) {
       sweep->model = f->cluster.model_path;
       sweep->repeats = f->repeats;
       sweep->threads = f->cluster.threads_per_rank;
+      sweep->device = f->cluster.device;
       run_sweep(*sweep);
       return;
     }

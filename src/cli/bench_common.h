@@ -27,6 +27,7 @@ void run_comm_bench(const CommBenchFlags& flags);
 struct BenchSweepFlags {
   std::string model, spec, out;
   std::string link;  // --emulate-link: run split points over an emulated network
+  std::string device = "cpu";  // cpu, or cuda: every point's ranks on GPUs (rank r on GPU r % GPUs)
   int repeats = 3, warmup = 1, threads = 0;
   double timeout_s = 120;
   std::shared_ptr<const Tokenizer> tokenizer;  // parsed once for every point

@@ -132,26 +132,28 @@ void run_plot(const std::string& results, const std::string& out) {
     dat.close();
     run_gnuplot(out, "prefill", plot + "\n");
   }
-  // 3. Load time and largest per-rank memory by split.
+  // 3. Load time and largest per-rank memory by split (GPU memory where the ranks ran on GPUs).
   {
+    const bool gpu = ok.front().value("device", "cpu") == "cuda";
+    const char* memory = gpu ? "max_device_bytes" : "max_peak_rss_bytes";
     std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> v;
     for (const auto& r : ok) {
       v[r["split"]].first.push_back(r["load_s"].get<double>());
-      v[r["split"]].second.push_back(double(r["max_peak_rss_bytes"].get<int64_t>()) / 1e9);
+      v[r["split"]].second.push_back(double(r[memory].get<int64_t>()) / 1e9);
     }
     std::vector<std::string> splits;
     for (auto& [s, _] : v) splits.push_back(s);
     std::sort(splits.begin(), splits.end(), [](auto& a, auto& b) { return split_rank(a) < split_rank(b); });
     std::ofstream dat(out + "/memory.dat");
-    dat << "split \"load s\" \"peak RSS GB per rank\"\n";
+    dat << "split \"load s\" \"" << (gpu ? "GPU memory" : "peak RSS") << " GB per rank\"\n";
     for (const auto& s : splits) dat << quoted(s) << " " << median(v[s].first) << " " << median(v[s].second) << "\n";
     std::string plot = fmt::format(
         "set multiplot layout 1,2 title 'Load time and memory per rank by split ({})'\nset style data histogram\n"
         "set style fill solid 0.8 border -1\nset yrange [0:*]\nset key top left\nset key autotitle columnheader\n"
         "set title 'load time'\nset ylabel 'seconds'\nplot '{}/memory.dat' using 2:xtic(1)\n"
-        "set title 'largest peak RSS of a rank'\nset ylabel 'GB'\nplot '{}/memory.dat' using 3:xtic(1) lc 2\n"
+        "set title 'largest {} of a rank'\nset ylabel 'GB'\nplot '{}/memory.dat' using 3:xtic(1) lc 2\n"
         "unset multiplot\n",
-        model, out, out);
+        model, out, gpu ? "GPU memory" : "peak RSS", out);
     dat.close();
     run_gnuplot(out, "memory", plot);
   }

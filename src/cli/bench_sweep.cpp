@@ -15,7 +15,9 @@
 #include <random>
 
 #include "cli/bench_common.h"
+#include "cli/gpu_ceilings.h"
 #include "cli/sweep_spec.h"
+#include "cli/token_cost.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -60,22 +62,36 @@ std::string read_first_line_with(const char* path, const char* key) {
 
 int64_t mem_available_bytes() { return std::atoll(read_first_line_with("/proc/meminfo", "MemAvailable").c_str()) * 1024; }
 
-json machine_json(double read_bw, double fma_peak) {
+// The host, and the ceilings the points are measured against: the CPU's read bandwidth and FMA
+// peak, or with --device cuda GPU 0's read and copy bandwidth and bf16 FLOP/s.
+json machine_json(const std::string& device) {
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
-  return {{"hostname", host},
-          {"cpu", read_first_line_with("/proc/cpuinfo", "model name")},
-          {"cores", ThreadPool::default_threads()},
-          {"memory_bytes", std::atoll(read_first_line_with("/proc/meminfo", "MemTotal").c_str()) * 1024},
-          {"simd", simd_level_name(simd_level())},
-          {"read_bandwidth_bytes_s", read_bw},
-          {"fma_peak_flop_s", fma_peak}};
+  json m = {{"hostname", host},
+            {"cpu", read_first_line_with("/proc/cpuinfo", "model name")},
+            {"cores", ThreadPool::default_threads()},
+            {"memory_bytes", std::atoll(read_first_line_with("/proc/meminfo", "MemTotal").c_str()) * 1024},
+            {"simd", simd_level_name(simd_level())},
+            {"device", device}};
+  if (device == "cuda") {
+    const GpuCeilings c = measure_gpu_ceilings();
+    m["gpu"] = c.name;
+    m["read_bandwidth_bytes_s"] = c.read_bw;
+    m["copy_bandwidth_bytes_s"] = c.copy_bw;
+    m["bf16_flop_s"] = c.bf16_flops;
+  } else {
+    ThreadPool probe(ThreadPool::default_threads());
+    m["read_bandwidth_bytes_s"] = measure_read_bandwidth(probe, size_t(256) << 20);
+    m["fma_peak_flop_s"] = measure_fma_peak(probe);
+  }
+  return m;
 }
 
 json model_json(const std::string& path) {
   auto files = open_model_files(path);
   const ModelConfig& c = files->config();
   const TensorView* q = files->find("model.layers.0.self_attn.q_proj.weight");
+  const TokenCost cost = token_cost(*files);
   return {{"path", path},
           {"description", files->description()},
           {"arch", arch_name(c.arch)},
@@ -85,14 +101,18 @@ json model_json(const std::string& path) {
           {"kv_heads", c.num_kv_heads},
           {"vocab", c.vocab_size},
           {"dtype", q ? std::string(dtype_name(q->dtype)) : "?"},
-          {"file_bytes", files->file_bytes()}};
+          {"file_bytes", files->file_bytes()},
+          {"decode_bytes_per_token", cost.bytes_per_token()}};
 }
 
+// Where a point's memory is counted: a GPU rank's device memory, else a rank's peak RSS.
+const char* memory_key(const json& r) { return r.value("device", "cpu") == "cuda" ? "max_device_bytes" : "max_peak_rss_bytes"; }
+
 // One point: a fresh cluster (so load time and memory are this split's), warm-up, repeats.
-json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model) {
+json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model, const json& machine) {
   json r = {{"split", p.split_name()}, {"pp", p.pp}, {"tp", p.tp}, {"backend", p.backend_name()}, {"prompt_tokens", p.prompt},
             {"gen_tokens", p.gen}, {"batch", p.batch}, {"prefill_chunk", p.chunk}, {"repeats", f.repeats},
-            {"warmup", f.warmup}};
+            {"warmup", f.warmup}, {"device", f.device}};
   // The ranks share this host's memory: refuse a point that cannot fit rather than be killed.
   const int64_t needed = model["file_bytes"].get<int64_t>() + (256ll << 20) * p.pp * p.tp;
   if (needed > mem_available_bytes()) {
@@ -105,6 +125,7 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     o.model_path = f.model;
     o.pp = p.pp, o.tp = p.tp;
     o.backend = p.backend, o.topology = p.topology;
+    o.device = f.device;
     std::unique_ptr<EmulatedNetwork> network;
     if (!f.link.empty() && p.pp * p.tp > 1) {
       // Ranks in namespaces over shaped links: only tcp crosses them.
@@ -164,14 +185,16 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     }
     json ranks = cluster.rank_reports();
     double comm = 0, longest_step = 0;
-    int64_t bytes = 0, largest = 0;
-    json rss = json::array();
+    int64_t bytes = 0, largest = 0, largest_device = 0;
+    json rss = json::array(), device_bytes = json::array();
     for (const auto& rank : ranks) {
       comm = std::max(comm, rank["comm_share"].get<double>());
       longest_step = std::max(longest_step, rank["longest_step_s"].get<double>());
       bytes += rank["bytes_sent"].get<int64_t>();
       largest = std::max(largest, rank["peak_rss_bytes"].get<int64_t>());
       rss.push_back(rank["peak_rss_bytes"]);
+      largest_device = std::max(largest_device, rank.value("device_bytes", int64_t(0)));
+      device_bytes.push_back(rank.value("device_bytes", int64_t(0)));
     }
     r["status"] = "ok";
     r["ttft_s"] = spread(ttft).to_json();
@@ -182,6 +205,23 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model)
     r["itl_p99_s"] = spread(itl_p99).to_json();
     r["peak_rss_bytes_per_rank"] = rss;
     r["max_peak_rss_bytes"] = largest;
+    if (f.device == "cuda") {
+      r["device_bytes_per_rank"] = device_bytes;
+      r["max_device_bytes"] = largest_device;
+      // How the ranks' GPUs exchange: peer, nccl, peer+nccl, host or none.
+      r["tp_all_reduce"] = ranks.at(0).value("tp_all_reduce", "?");
+      r["pp_hand_off"] = ranks.at(0).value("pp_hand_off", "?");
+      // The link that carries a GPU split's data is the GPUs' own, not the host group's.
+      if (p.pp * p.tp > 1) {
+        std::string link = p.tp > 1 ? r["tp_all_reduce"].get<std::string>() : "";
+        if (p.pp > 1) link += (link.empty() ? "" : "/") + r["pp_hand_off"].get<std::string>();
+        r["backend"] = link;
+      }
+    }
+    // A decode step reads every weight once for the whole batch, so a sequence's decode rate is the
+    // steps' rate: its share of one device's read bandwidth (a split's ranks may pass 100%).
+    r["decode_fraction_of_read_bandwidth"] = spread(per_seq).median * model["decode_bytes_per_token"].get<double>() /
+                                             machine["read_bandwidth_bytes_s"].get<double>();
     r["comm_share"] = comm;
     r["longest_step_s"] = longest_step;  // of any rank: what chunked prefill bounds
     // Every rank's sends over all runs of the point (warm-up included), per token through the model.
@@ -200,7 +240,8 @@ std::vector<std::string> csv_columns() {
   return {"split",         "pp",           "tp",           "backend",      "prompt_tokens", "gen_tokens",
           "batch",         "prefill_chunk", "status",      "load_s",       "ttft_s",        "prefill_tok_s",
           "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s", "max_peak_rss_bytes",
-          "comm_share",    "longest_step_s", "bytes_sent_per_token", "tokens_generated", "tokens_requested", "reason"};
+          "comm_share",    "longest_step_s", "bytes_sent_per_token", "tokens_generated", "tokens_requested",
+          "device", "max_device_bytes", "decode_fraction_of_read_bandwidth", "reason"};
 }
 
 std::string csv_field(const json& r, const std::string& key) {
@@ -231,9 +272,10 @@ void print_row(const json& r) {
   if (r["status"] != "ok") {
     fmt::print("{}  {}: {}\n", head, r["status"].get<std::string>(), r.value("reason", ""));
   } else {
-    fmt::print("{}  {:6.2f} {:7.3f} {:9.1f} {:8.1f} {:8.1f} {:8.2f} {:7.2f} {:6.2f} {:5.0f}%\n", head, r["load_s"].get<double>(),
-               med("ttft_s"), med("prefill_tok_s"), med("decode_tok_s_per_seq"), med("decode_tok_s_aggregate"),
-               1e3 * med("itl_p50_s"), 1e3 * med("itl_p99_s"), r["max_peak_rss_bytes"].get<int64_t>() / 1e9,
+    fmt::print("{}  {:6.2f} {:7.3f} {:9.1f} {:8.1f} {:4.0f}% {:8.1f} {:8.2f} {:7.2f} {:6.2f} {:5.0f}%\n", head,
+               r["load_s"].get<double>(), med("ttft_s"), med("prefill_tok_s"), med("decode_tok_s_per_seq"),
+               100 * r["decode_fraction_of_read_bandwidth"].get<double>(), med("decode_tok_s_aggregate"),
+               1e3 * med("itl_p50_s"), 1e3 * med("itl_p99_s"), r[memory_key(r)].get<int64_t>() / 1e9,
                100 * r["comm_share"].get<double>());
   }
   std::fflush(stdout);
@@ -283,20 +325,20 @@ std::vector<std::string> summary(const std::vector<json>& records) {
   const json* fastest = *std::max_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
     return med(*a, "decode_tok_s_aggregate") < med(*b, "decode_tok_s_aggregate");  // end to end
   });
-  const json* leanest = *std::min_element(ok.begin(), ok.end(), [](const json* a, const json* b) {
-    return (*a)["max_peak_rss_bytes"].get<int64_t>() < (*b)["max_peak_rss_bytes"].get<int64_t>();
+  const char* memory = memory_key(*ok[0]);  // every point of a sweep runs on the same device
+  const json* leanest = *std::min_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
+    return (*a)[memory].get<int64_t>() < (*b)[memory].get<int64_t>();
   });
   const json* quickest = *std::min_element(ok.begin(), ok.end(), [](const json* a, const json* b) {
     return (*a)["load_s"].get<double>() < (*b)["load_s"].get<double>();
   });
   const std::string fast = (*fastest)["split"].get<std::string>();
   if ((*leanest)["split"] != fast)
-    lines.push_back(fmt::format("{} needs {:.0f}% of {}'s memory per rank ({:.2f} vs {:.2f} GB)",
+    lines.push_back(fmt::format("{} needs {:.0f}% of {}'s {} per rank ({:.2f} vs {:.2f} GB)",
                                 (*leanest)["split"].get<std::string>(),
-                                100.0 * double((*leanest)["max_peak_rss_bytes"].get<int64_t>()) /
-                                    double((*fastest)["max_peak_rss_bytes"].get<int64_t>()),
-                                fast, (*leanest)["max_peak_rss_bytes"].get<int64_t>() / 1e9,
-                                (*fastest)["max_peak_rss_bytes"].get<int64_t>() / 1e9));
+                                100.0 * double((*leanest)[memory].get<int64_t>()) / double((*fastest)[memory].get<int64_t>()),
+                                fast, memory == std::string("max_device_bytes") ? "GPU memory" : "memory",
+                                (*leanest)[memory].get<int64_t>() / 1e9, (*fastest)[memory].get<int64_t>() / 1e9));
   if ((*quickest)["split"] != fast && (*quickest)["load_s"].get<double>() > 0)
     lines.push_back(fmt::format("{} loads {:.1f}x faster than {} ({:.2f} s vs {:.2f} s)", (*quickest)["split"].get<std::string>(),
                                 (*fastest)["load_s"].get<double>() / (*quickest)["load_s"].get<double>(), fast,
@@ -318,6 +360,8 @@ void run_sweep(BenchSweepFlags& f) {
     std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
     f.out = std::string("bench-results/") + stamp;
   }
+  // The ceilings first: a GPU sweep on a machine without one stops here, having written nothing.
+  const json machine = machine_json(f.device);
   std::filesystem::create_directories(f.out);
   const std::string jsonl = f.out + "/results.jsonl", csv = f.out + "/results.csv";
   log_info("bench: {} points -> {} and {}", points.size(), jsonl, csv);
@@ -327,10 +371,6 @@ void run_sweep(BenchSweepFlags& f) {
     if (!EmulatedNetwork::available(&why)) fail("--emulate-link: {}", why);
   }
 
-  ThreadPool probe(ThreadPool::default_threads());
-  const double read_bw = measure_read_bandwidth(probe, size_t(256) << 20);
-  const double fma_peak = measure_fma_peak(probe);
-  const json machine = machine_json(read_bw, fma_peak);
   const json model = model_json(f.model);
   f.tokenizer = std::make_shared<const Tokenizer>(open_model_files(f.model)->tokenizer());
 
@@ -338,9 +378,17 @@ void run_sweep(BenchSweepFlags& f) {
   if (!lines || !table) fail("{}: cannot write results", f.out);
   for (size_t i = 0; i < csv_columns().size(); ++i) table << (i ? "," : "") << csv_columns()[i];
   table << "\n";
-  fmt::print("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}  {:>6} {:>7} {:>9} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6}\n", "split",
-             "backend", "prompt", "gen", "batch", "chunk", "load_s", "ttft_s", "prefill/s", "seq tok/s", "agg tok/s",
-             "itl50ms", "itl99ms", "RSS GB", "comm");
+  if (f.device == "cuda")
+    fmt::print("GPU 0: {}; read bandwidth {:.1f} GB/s, copy bandwidth {:.1f} GB/s (read + written)\n",
+               machine["gpu"].get<std::string>(), machine["read_bandwidth_bytes_s"].get<double>() / 1e9,
+               machine["copy_bandwidth_bytes_s"].get<double>() / 1e9);
+  else
+    fmt::print("read bandwidth {:.1f} GB/s, FMA peak {:.1f} GFLOP/s\n", machine["read_bandwidth_bytes_s"].get<double>() / 1e9,
+               machine["fma_peak_flop_s"].get<double>() / 1e9);
+  // "bw": a sequence's decode steps' weight bytes over one device's read bandwidth.
+  fmt::print("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}  {:>6} {:>7} {:>9} {:>8} {:>5} {:>8} {:>8} {:>7} {:>6} {:>6}\n", "split",
+             "backend", "prompt", "gen", "batch", "chunk", "load_s", "ttft_s", "prefill/s", "seq tok/s", "bw", "agg tok/s",
+             "itl50ms", "itl99ms", f.device == "cuda" ? "GPU GB" : "RSS GB", "comm");
   std::vector<json> records;
   Stopwatch clock;
   for (size_t i = 0; i < points.size(); ++i) {
@@ -353,7 +401,7 @@ void run_sweep(BenchSweepFlags& f) {
     reset_peak_rss();
     const LogLevel level = log_level();
     set_log_level(LogLevel::Quiet);
-    json r = run_point(points[i], f, model);
+    json r = run_point(points[i], f, model, machine);
     set_log_level(level);
     r["machine"] = machine;
     r["model"] = model;

@@ -70,6 +70,17 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
     EXPECT_EQ(r["peak_rss_bytes_per_rank"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
     EXPECT_EQ(r["plan"].size(), size_t(r["pp"].get<int>() * r["tp"].get<int>()));
     EXPECT_GT(r["machine"]["read_bandwidth_bytes_s"].get<double>(), 0);
+    EXPECT_EQ(r["device"], "cpu");
+    EXPECT_FALSE(r.contains("max_device_bytes"));
+    // The decode rate against the machine's read bandwidth: the model's bytes per token times a
+    // sequence's tokens/s over the bandwidth, as the record's own fields give it.
+    const double bytes_per_token = r["model"]["decode_bytes_per_token"].get<double>();
+    EXPECT_GT(bytes_per_token, 0.5 * r["model"]["file_bytes"].get<double>());  // the weights are most of the file
+    EXPECT_LE(bytes_per_token, r["model"]["file_bytes"].get<double>());
+    EXPECT_NEAR(r["decode_fraction_of_read_bandwidth"].get<double>(),
+                r["decode_tok_s_per_seq"]["median"].get<double>() * bytes_per_token /
+                    r["machine"]["read_bandwidth_bytes_s"].get<double>(),
+                1e-12);
     if (r["split"] == "1") EXPECT_EQ(r["bytes_sent_per_token"].get<double>(), 0.0);
     else EXPECT_GT(r["bytes_sent_per_token"].get<double>(), 0.0);
   }

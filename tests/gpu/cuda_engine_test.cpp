@@ -9,6 +9,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "runtime/cluster.h"
@@ -309,3 +311,60 @@ void check_lost_rank_on_gpus(int pp, int tp) {
 
 TEST(Cuda, KilledRankStopsATensorParallelRunOnGpus) { check_lost_rank_on_gpus(1, 2); }
 TEST(Cuda, KilledRankStopsAPipelineRunOnGpus) { check_lost_rank_on_gpus(2, 1); }
+
+// `bench --sweep --device cuda`: the PP-or-TP question on GPUs in one command. Every point runs,
+// each rank on GPU rank % GPUs; the records carry GPU 0's ceilings, each rank's GPU memory and
+// how the ranks' GPUs exchanged (peer memory or NCCL with a GPU each, the host when they share).
+TEST(Cuda, SweepComparesSplitsOnGpus) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  const std::string out = test::scratch_dir("gpu-sweep");
+  std::string stdout_text, stderr_text;
+  ASSERT_EQ(test::run_command(test::shardlm_binary() + " bench --model " + model +
+                                  " --sweep 'split=1,pp2,tp2;prompt=64;gen=8;batch=1,2' --device cuda --repeats 1 "
+                                  "--warmup 1 --out " + out,
+                              &stdout_text, &stderr_text),
+            0)
+      << stderr_text;
+  std::printf("%s", stdout_text.c_str());
+  std::ifstream in(out + "/results.jsonl");
+  std::vector<nlohmann::json> records;
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(records.size(), 6u);
+  for (const auto& r : records) {
+    SCOPED_TRACE(r.dump());
+    ASSERT_EQ(r["status"], "ok");
+    EXPECT_EQ(r["device"], "cuda");
+    EXPECT_NE(r["machine"]["gpu"].get<std::string>().find("NVIDIA"), std::string::npos);
+    const double read = r["machine"]["read_bandwidth_bytes_s"], copy = r["machine"]["copy_bandwidth_bytes_s"];
+    EXPECT_GT(copy, 0.6 * read);
+    EXPECT_LT(copy, 1.05 * read);
+    const int ranks = r["pp"].get<int>() * r["tp"].get<int>();
+    ASSERT_EQ(r["device_bytes_per_rank"].size(), size_t(ranks));
+    for (const auto& bytes : r["device_bytes_per_rank"]) EXPECT_GT(bytes.get<int64_t>(), 0);
+    EXPECT_GT(r["decode_fraction_of_read_bandwidth"].get<double>(), 0.0);
+    EXPECT_EQ(r["tokens_generated"], r["tokens_requested"]);
+    const bool own_gpus = gpu_count() >= ranks;
+    EXPECT_EQ(r["tp_all_reduce"], r["tp"] == 1 ? "none" : own_gpus ? "peer+nccl" : "host");
+    EXPECT_EQ(r["pp_hand_off"], r["pp"] == 1 ? "none" : own_gpus ? "nccl" : "host");
+    // The table and summary name the GPUs' link.
+    EXPECT_EQ(r["backend"], r["tp"] == 2 ? r["tp_all_reduce"] : r["pp"] == 2 ? r["pp_hand_off"] : "-");
+  }
+  EXPECT_NE(stdout_text.find("GPU 0: NVIDIA"), std::string::npos);
+  EXPECT_NE(stdout_text.find("decodes fastest"), std::string::npos);
+}
+
+// The same sweep where no GPU is visible (CI): it stops before any point with CUDA's reason and
+// leaves no results folder behind.
+TEST(CudaHost, GpuSweepWithoutAGpuSaysWhyAndWritesNothing) {
+  if (have_gpu()) GTEST_SKIP() << "this machine has a GPU";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  const std::string out = test::scratch_dir("gpu-sweep-no-gpu") + "/results";
+  std::string stdout_text, stderr_text;
+  EXPECT_NE(test::run_command(test::shardlm_binary() + " bench --model " + model +
+                                  " --sweep 'split=1;prompt=16;gen=4' --device cuda --out " + out,
+                              &stdout_text, &stderr_text),
+            0);
+  EXPECT_NE(stderr_text.find("CUDA"), std::string::npos) << stderr_text;
+  EXPECT_FALSE(std::ifstream(out + "/results.jsonl").good());
+}

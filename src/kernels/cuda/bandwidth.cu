@@ -1,6 +1,7 @@
-// The read-bandwidth probes behind `bench --device cuda` (the ceiling, and the floor of a step that
-// reads each matrix with a kernel of its own): every thread sums 16-byte loads in a grid-stride
-// loop, one float per block is written so the reads cannot be dropped.
+// The bandwidth probes behind `bench --device cuda`: the read ceiling and the floor of a step that
+// reads each matrix with a kernel of its own (every thread sums 16-byte loads in a grid-stride
+// loop, one float per block is written so the reads cannot be dropped), and the copy bandwidth
+// (the driver's device-to-device copy, the figure GPU specifications and bandwidth tools quote).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -62,6 +63,26 @@ struct ReadProbe {
 double measure_read_bandwidth(int device, size_t bytes) {
   const ReadProbe probe(device, bytes);
   return double(bytes) / detail::median_seconds(nullptr, 5, [&] { probe.read(0, bytes / 16); });
+}
+
+double measure_copy_bandwidth(int device, size_t bytes) {
+  struct Buffers {  // freed however the probe ends
+    void* from = nullptr;
+    void* to = nullptr;
+    ~Buffers() {
+      cudaFree(from);
+      cudaFree(to);
+    }
+  } b;
+  if (bytes < (size_t(1) << 20)) detail::fail_with("CUDA copy-bandwidth probe: a copy under 1 MB says nothing of the bandwidth");
+  check(cudaSetDevice(device), "CUDA copy-bandwidth probe: cudaSetDevice failed");
+  check(cudaMalloc(&b.from, bytes), "CUDA copy-bandwidth probe: cannot allocate its source");
+  check(cudaMalloc(&b.to, bytes), "CUDA copy-bandwidth probe: cannot allocate its destination");
+  check(cudaMemset(b.from, 1, bytes), "CUDA copy-bandwidth probe: cudaMemset failed");
+  const double seconds =
+      detail::median_seconds(nullptr, 5, [&] { cudaMemcpyAsync(b.to, b.from, bytes, cudaMemcpyDeviceToDevice); });
+  check(cudaGetLastError(), "CUDA copy-bandwidth probe: the copy failed");
+  return 2.0 * double(bytes) / seconds;  // every byte is read once and written once
 }
 
 double measure_read_seconds(int device, const std::vector<size_t>& sizes) {

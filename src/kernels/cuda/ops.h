@@ -183,6 +183,10 @@ namespace shardlm::cuda {
 // The ceiling of a decode step: bytes/s that a kernel reading `bytes` of device memory (and
 // writing almost nothing) sustains on `device`, the median of 5 timed passes after a warm-up.
 double measure_read_bandwidth(int device, size_t bytes = size_t(2) << 30);
+// The ceiling issue 6 names: bytes/s read plus written by a device-to-device copy of `bytes`
+// (cudaMemcpy, as bandwidthTest and nvbandwidth count it), the median of 5 timed passes. HBM turns
+// between reads and writes, so this is below the read bandwidth; a decode step only reads.
+double measure_copy_bandwidth(int device, size_t bytes = size_t(1) << 30);
 // The floor of a decode step whose matrix products each stream their weights with a kernel of
 // their own: the seconds that reading each of `sizes` bytes once takes (the same read kernel,
 // launched back to back from a CUDA graph over regions that L2 does not hold from the launch
