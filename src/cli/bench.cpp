@@ -183,7 +183,7 @@ void run_bench(BenchFlags& f) {
   else
     fmt::print("ceilings         read bandwidth {:.1f} GB/s, f32 FMA peak {:.1f} GFLOP/s (whole machine)\n", read_bw / 1e9,
                fma_peak / 1e9);
-  // A GPU's decode also against its copy bandwidth, the ceiling GPU figures usually quote.
+  // A GPU's decode also against its copy bandwidth (issue 6's ceiling; bandwidth tools report it).
   const std::string of_copy = copy_bw > 0 ? fmt::format(", {:.0f}% of copy bandwidth", 100 * decode_bw / copy_bw) : "";
   if (f.batch == 1)
     fmt::print("decode           {:.2f} tok/s = {:.1f} GB/s of weights = {:.0f}% of read bandwidth{} (median of {})\n",

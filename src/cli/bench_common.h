@@ -1,12 +1,13 @@
 // Pieces shared by the bench modes (one rank, a cluster, the links).
 #pragma once
 #include <algorithm>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "core/process_stats.h"
 #include "tokenizer/tokenizer.h"
-#include <memory>
 
 namespace shardlm::cli {
 
@@ -14,6 +15,11 @@ inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
   return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// A sweep record's memory a rank: its GPU memory where its ranks ran on GPUs, else its peak RSS.
+inline const char* sweep_memory_key(const nlohmann::json& record) {
+  return record.value("device", "cpu") == "cuda" ? "max_device_bytes" : "max_peak_rss_bytes";
 }
 
 struct CommBenchFlags {

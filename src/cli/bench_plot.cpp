@@ -4,6 +4,7 @@
 // pictures, so a chart can be restyled and redrawn by hand.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -134,18 +135,20 @@ void run_plot(const std::string& results, const std::string& out) {
   }
   // 3. Load time and largest per-rank memory by split (GPU memory where the ranks ran on GPUs).
   {
-    const bool gpu = ok.front().value("device", "cpu") == "cuda";
-    const char* memory = gpu ? "max_device_bytes" : "max_peak_rss_bytes";
+    // A file may hold CPU and GPU sweeps (results are appended): GPU memory only where every
+    // point ran on GPUs, and each record's own memory key.
+    const auto on_gpus = std::count_if(ok.begin(), ok.end(), [](const json& r) { return r.value("device", "cpu") == "cuda"; });
+    const char* what = on_gpus == 0 ? "peak RSS" : size_t(on_gpus) == ok.size() ? "GPU memory" : "GPU memory or peak RSS";
     std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> v;
     for (const auto& r : ok) {
       v[r["split"]].first.push_back(r["load_s"].get<double>());
-      v[r["split"]].second.push_back(double(r[memory].get<int64_t>()) / 1e9);
+      v[r["split"]].second.push_back(double(r.value(sweep_memory_key(r), int64_t(0))) / 1e9);
     }
     std::vector<std::string> splits;
     for (auto& [s, _] : v) splits.push_back(s);
     std::sort(splits.begin(), splits.end(), [](auto& a, auto& b) { return split_rank(a) < split_rank(b); });
     std::ofstream dat(out + "/memory.dat");
-    dat << "split \"load s\" \"" << (gpu ? "GPU memory" : "peak RSS") << " GB per rank\"\n";
+    dat << "split \"load s\" \"" << what << " GB per rank\"\n";
     for (const auto& s : splits) dat << quoted(s) << " " << median(v[s].first) << " " << median(v[s].second) << "\n";
     std::string plot = fmt::format(
         "set multiplot layout 1,2 title 'Load time and memory per rank by split ({})'\nset style data histogram\n"
@@ -153,7 +156,7 @@ void run_plot(const std::string& results, const std::string& out) {
         "set title 'load time'\nset ylabel 'seconds'\nplot '{}/memory.dat' using 2:xtic(1)\n"
         "set title 'largest {} of a rank'\nset ylabel 'GB'\nplot '{}/memory.dat' using 3:xtic(1) lc 2\n"
         "unset multiplot\n",
-        model, out, gpu ? "GPU memory" : "peak RSS", out);
+        model, out, what, out);
     dat.close();
     run_gnuplot(out, "memory", plot);
   }

@@ -105,9 +105,6 @@ json model_json(const std::string& path) {
           {"decode_bytes_per_token", cost.bytes_per_token()}};
 }
 
-// Where a point's memory is counted: a GPU rank's device memory, else a rank's peak RSS.
-const char* memory_key(const json& r) { return r.value("device", "cpu") == "cuda" ? "max_device_bytes" : "max_peak_rss_bytes"; }
-
 // One point: a fresh cluster (so load time and memory are this split's), warm-up, repeats.
 json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model, const json& machine) {
   json r = {{"split", p.split_name()}, {"pp", p.pp}, {"tp", p.tp}, {"backend", p.backend_name()}, {"prompt_tokens", p.prompt},
@@ -220,7 +217,7 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model,
     }
     // A decode step reads every weight once for the whole batch, so a sequence's decode rate is the
     // steps' rate: its share of one device's read bandwidth (a split's ranks may pass 100%).
-    r["decode_fraction_of_read_bandwidth"] = spread(per_seq).median * model["decode_bytes_per_token"].get<double>() /
+    r["seq_decode_fraction_of_read_bandwidth"] = spread(per_seq).median * model["decode_bytes_per_token"].get<double>() /
                                              machine["read_bandwidth_bytes_s"].get<double>();
     r["comm_share"] = comm;
     r["longest_step_s"] = longest_step;  // of any rank: what chunked prefill bounds
@@ -241,7 +238,7 @@ std::vector<std::string> csv_columns() {
           "batch",         "prefill_chunk", "status",      "load_s",       "ttft_s",        "prefill_tok_s",
           "decode_tok_s_per_seq", "decode_tok_s_aggregate", "itl_p50_s", "itl_p99_s", "max_peak_rss_bytes",
           "comm_share",    "longest_step_s", "bytes_sent_per_token", "tokens_generated", "tokens_requested",
-          "device", "max_device_bytes", "decode_fraction_of_read_bandwidth", "reason"};
+          "device", "max_device_bytes", "seq_decode_fraction_of_read_bandwidth", "reason"};
 }
 
 std::string csv_field(const json& r, const std::string& key) {
@@ -266,7 +263,7 @@ std::string eta(double seconds) {
 
 void print_row(const json& r) {
   auto med = [&](const char* k) { return r.contains(k) ? r[k]["median"].get<double>() : 0.0; };
-  std::string head = fmt::format("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}", r["split"].get<std::string>(),
+  std::string head = fmt::format("{:<8} {:<14} {:>6} {:>4} {:>5} {:>5}", r["split"].get<std::string>(),
                                  r["backend"].get<std::string>(), r["prompt_tokens"].get<int64_t>(),
                                  r["gen_tokens"].get<int64_t>(), r["batch"].get<int>(), r["prefill_chunk"].get<int64_t>());
   if (r["status"] != "ok") {
@@ -274,8 +271,8 @@ void print_row(const json& r) {
   } else {
     fmt::print("{}  {:6.2f} {:7.3f} {:9.1f} {:8.1f} {:4.0f}% {:8.1f} {:8.2f} {:7.2f} {:6.2f} {:5.0f}%\n", head,
                r["load_s"].get<double>(), med("ttft_s"), med("prefill_tok_s"), med("decode_tok_s_per_seq"),
-               100 * r["decode_fraction_of_read_bandwidth"].get<double>(), med("decode_tok_s_aggregate"),
-               1e3 * med("itl_p50_s"), 1e3 * med("itl_p99_s"), r[memory_key(r)].get<int64_t>() / 1e9,
+               100 * r["seq_decode_fraction_of_read_bandwidth"].get<double>(), med("decode_tok_s_aggregate"),
+               1e3 * med("itl_p50_s"), 1e3 * med("itl_p99_s"), r[sweep_memory_key(r)].get<int64_t>() / 1e9,
                100 * r["comm_share"].get<double>());
   }
   std::fflush(stdout);
@@ -325,7 +322,7 @@ std::vector<std::string> summary(const std::vector<json>& records) {
   const json* fastest = *std::max_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
     return med(*a, "decode_tok_s_aggregate") < med(*b, "decode_tok_s_aggregate");  // end to end
   });
-  const char* memory = memory_key(*ok[0]);  // every point of a sweep runs on the same device
+  const char* memory = sweep_memory_key(*ok[0]);  // every point of one sweep runs on the same device
   const json* leanest = *std::min_element(ok.begin(), ok.end(), [&](const json* a, const json* b) {
     return (*a)[memory].get<int64_t>() < (*b)[memory].get<int64_t>();
   });
@@ -333,7 +330,7 @@ std::vector<std::string> summary(const std::vector<json>& records) {
     return (*a)["load_s"].get<double>() < (*b)["load_s"].get<double>();
   });
   const std::string fast = (*fastest)["split"].get<std::string>();
-  if ((*leanest)["split"] != fast)
+  if ((*leanest)["split"] != fast && (*fastest)[memory].get<int64_t>() > 0)
     lines.push_back(fmt::format("{} needs {:.0f}% of {}'s {} per rank ({:.2f} vs {:.2f} GB)",
                                 (*leanest)["split"].get<std::string>(),
                                 100.0 * double((*leanest)[memory].get<int64_t>()) / double((*fastest)[memory].get<int64_t>()),
@@ -360,18 +357,21 @@ void run_sweep(BenchSweepFlags& f) {
     std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
     f.out = std::string("bench-results/") + stamp;
   }
-  // The ceilings first: a GPU sweep on a machine without one stops here, having written nothing.
-  const json machine = machine_json(f.device);
-  std::filesystem::create_directories(f.out);
-  const std::string jsonl = f.out + "/results.jsonl", csv = f.out + "/results.csv";
-  log_info("bench: {} points -> {} and {}", points.size(), jsonl, csv);
   if (!f.link.empty()) {
+    // The emulated network carries the host group's traffic; GPU ranks exchange through NVLink
+    // or PCIe, which it cannot shape.
+    if (f.device == "cuda") fail("--emulate-link shapes the links of CPU ranks; it cannot be used with --device cuda");
     parse_link(f.link);  // a bad spec fails before anything runs
     std::string why;
     if (!EmulatedNetwork::available(&why)) fail("--emulate-link: {}", why);
   }
-
   const json model = model_json(f.model);
+  // The ceilings before any output: a GPU sweep on a machine without one stops here, having
+  // written nothing.
+  const json machine = machine_json(f.device);
+  std::filesystem::create_directories(f.out);
+  const std::string jsonl = f.out + "/results.jsonl", csv = f.out + "/results.csv";
+  log_info("bench: {} points -> {} and {}", points.size(), jsonl, csv);
   f.tokenizer = std::make_shared<const Tokenizer>(open_model_files(f.model)->tokenizer());
 
   std::ofstream lines(jsonl, std::ios::app), table(csv);
@@ -386,7 +386,7 @@ void run_sweep(BenchSweepFlags& f) {
     fmt::print("read bandwidth {:.1f} GB/s, FMA peak {:.1f} GFLOP/s\n", machine["read_bandwidth_bytes_s"].get<double>() / 1e9,
                machine["fma_peak_flop_s"].get<double>() / 1e9);
   // "bw": a sequence's decode steps' weight bytes over one device's read bandwidth.
-  fmt::print("{:<8} {:<9} {:>6} {:>4} {:>5} {:>5}  {:>6} {:>7} {:>9} {:>8} {:>5} {:>8} {:>8} {:>7} {:>6} {:>6}\n", "split",
+  fmt::print("{:<8} {:<14} {:>6} {:>4} {:>5} {:>5}  {:>6} {:>7} {:>9} {:>8} {:>5} {:>8} {:>8} {:>7} {:>6} {:>6}\n", "split",
              "backend", "prompt", "gen", "batch", "chunk", "load_s", "ttft_s", "prefill/s", "seq tok/s", "bw", "agg tok/s",
              "itl50ms", "itl99ms", f.device == "cuda" ? "GPU GB" : "RSS GB", "comm");
   std::vector<json> records;

@@ -1,6 +1,6 @@
 // The ceilings of `bench --device cuda` and of a GPU sweep, measured on GPU 0: its read
 // bandwidth (a decode step's true ceiling: it only reads), its copy bandwidth (read + written
-// bytes of a device-to-device copy, the figure GPU specifications quote) and its bf16
+// bytes of a device-to-device copy, as bandwidthTest and nvbandwidth report it) and its bf16
 // matrix-product FLOP/s (prefill's).
 #pragma once
 #include <cstddef>

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -342,7 +343,7 @@ TEST(Cuda, SweepComparesSplitsOnGpus) {
     const int ranks = r["pp"].get<int>() * r["tp"].get<int>();
     ASSERT_EQ(r["device_bytes_per_rank"].size(), size_t(ranks));
     for (const auto& bytes : r["device_bytes_per_rank"]) EXPECT_GT(bytes.get<int64_t>(), 0);
-    EXPECT_GT(r["decode_fraction_of_read_bandwidth"].get<double>(), 0.0);
+    EXPECT_GT(r["seq_decode_fraction_of_read_bandwidth"].get<double>(), 0.0);
     EXPECT_EQ(r["tokens_generated"], r["tokens_requested"]);
     const bool own_gpus = gpu_count() >= ranks;
     EXPECT_EQ(r["tp_all_reduce"], r["tp"] == 1 ? "none" : own_gpus ? "peer+nccl" : "host");
@@ -366,5 +367,17 @@ TEST(CudaHost, GpuSweepWithoutAGpuSaysWhyAndWritesNothing) {
                               &stdout_text, &stderr_text),
             0);
   EXPECT_NE(stderr_text.find("CUDA"), std::string::npos) << stderr_text;
-  EXPECT_FALSE(std::ifstream(out + "/results.jsonl").good());
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+// GPU ranks exchange through NVLink or PCIe, which an emulated network cannot shape: refused.
+TEST(CudaHost, GpuSweepRefusesAnEmulatedLink) {
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  std::string stdout_text, stderr_text;
+  EXPECT_NE(test::run_command(test::shardlm_binary() + " bench --model " + model +
+                                  " --sweep 'split=tp2;prompt=16;gen=4' --device cuda --emulate-link 10gbe --out " +
+                                  test::scratch_dir("gpu-sweep-link"),
+                              &stdout_text, &stderr_text),
+            0);
+  EXPECT_NE(stderr_text.find("cannot be used with --device cuda"), std::string::npos) << stderr_text;
 }

@@ -1,7 +1,8 @@
 // The bandwidth probes behind `bench --device cuda`: the read ceiling and the floor of a step that
 // reads each matrix with a kernel of its own (every thread sums 16-byte loads in a grid-stride
 // loop, one float per block is written so the reads cannot be dropped), and the copy bandwidth
-// (the driver's device-to-device copy, the figure GPU specifications and bandwidth tools quote).
+// (the driver's device-to-device copy, read plus written bytes, as bandwidthTest and nvbandwidth
+// report it).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -79,9 +80,12 @@ double measure_copy_bandwidth(int device, size_t bytes) {
   check(cudaMalloc(&b.from, bytes), "CUDA copy-bandwidth probe: cannot allocate its source");
   check(cudaMalloc(&b.to, bytes), "CUDA copy-bandwidth probe: cannot allocate its destination");
   check(cudaMemset(b.from, 1, bytes), "CUDA copy-bandwidth probe: cudaMemset failed");
-  const double seconds =
-      detail::median_seconds(nullptr, 5, [&] { cudaMemcpyAsync(b.to, b.from, bytes, cudaMemcpyDeviceToDevice); });
-  check(cudaGetLastError(), "CUDA copy-bandwidth probe: the copy failed");
+  cudaError_t copied = cudaSuccess;
+  const double seconds = detail::median_seconds(nullptr, 5, [&] {
+    const cudaError_t e = cudaMemcpyAsync(b.to, b.from, bytes, cudaMemcpyDeviceToDevice);
+    if (copied == cudaSuccess) copied = e;
+  });
+  check(copied, "CUDA copy-bandwidth probe: the copy failed");
   return 2.0 * double(bytes) / seconds;  // every byte is read once and written once
 }
 
