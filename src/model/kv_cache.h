@@ -27,6 +27,12 @@ class KvCache {
   int64_t total_blocks() const { return n_blocks_; }
   int64_t free_blocks() const { return int64_t(free_.size()); }
   static int64_t blocks_for(int64_t length, int64_t block_size) { return (length + block_size - 1) / block_size; }
+  // The blocks a rank asks for: as many as `kv_memory` bytes hold (blocks of `block_bytes`), or
+  // without a budget enough for `sequences` sequences of `context` positions. (A cluster then
+  // uses the fewest any rank asked for.)
+  static int64_t blocks_wanted(int64_t kv_memory, int64_t block_bytes, int sequences, int64_t context) {
+    return kv_memory > 0 ? kv_memory / block_bytes : int64_t(sequences) * blocks_for(context, kDefaultBlockSize);
+  }
 
   // Makes positions [0, length) of sequence `slot` addressable, taking blocks from the pool.
   // Throws Error (naming the shortfall) when the pool cannot supply them; nothing changes then.

@@ -33,7 +33,7 @@ void release_pages(const uint8_t* p, int64_t n) {
 
 class Loader {
  public:
-  Loader(const ModelFiles& files, ModelWeights& w) : files_(files), w_(w) {}
+  Loader(const ModelFiles& files, ModelWeights& w, WeightAccess access) : files_(files), w_(w), access_(access) {}
 
   // Rows [row_begin, row_end) and columns [col_begin, col_end) of the [rows, cols] matrix `name`.
   // Row slices stay views into the mapped file; column slices are copied out row by row.
@@ -57,6 +57,10 @@ class Loader {
       return WeightMatrix{t.dtype, first, n_rows, cols, row_bytes};
     }
     const int64_t slice_bytes = dtype_bytes(t.dtype, n_cols), offset = dtype_bytes(t.dtype, col_begin);
+    if (access_ == WeightAccess::CountOnly) {
+      w_.bytes += n_rows * slice_bytes;
+      return WeightMatrix{};
+    }
     std::vector<uint8_t> copy(size_t(n_rows * slice_bytes));
     const int64_t release_every = std::max<int64_t>(1, (8 << 20) / row_bytes);  // keep the transient small
     int64_t released = 0;
@@ -75,6 +79,10 @@ class Loader {
   std::vector<float> vector_f32(const std::string& name, int64_t n) {
     const TensorView& t = require(files_, name, {n});
     if (dtype_block_elems(t.dtype) > 1) fail("{}: norm '{}' must not be quantized", files_.description(), name);
+    if (access_ == WeightAccess::CountOnly) {
+      w_.bytes += t.nbytes;
+      return {};
+    }
     std::vector<float> v(static_cast<size_t>(n));
     to_f32(t.dtype, t.data, v.data(), n);
     w_.bytes += t.nbytes;
@@ -84,11 +92,12 @@ class Loader {
  private:
   const ModelFiles& files_;
   ModelWeights& w_;
+  WeightAccess access_;
 };
 
 }  // namespace
 
-ModelWeights load_weights(const ModelFiles& files, ModelSlice s) {
+ModelWeights load_weights(const ModelFiles& files, ModelSlice s, WeightAccess access) {
   ModelWeights w;
   const ModelConfig& c = files.config();
   w.config = c;
@@ -117,7 +126,7 @@ ModelWeights load_weights(const ModelFiles& files, ModelSlice s) {
   // (each rank's logits are whole).
   w.tensor_parallel = s.head_end - s.head_begin < c.num_heads || s.ffn_end - s.ffn_begin < c.intermediate_size;
   const int64_t H = c.hidden_size, F = c.intermediate_size, D = c.head_dim;
-  Loader load(files, w);
+  Loader load(files, w, access);
 
   if (s.embedding || (s.head && c.tie_word_embeddings)) {
     w.embedding = require(files, "model.embed_tokens.weight", {c.vocab_size, H});

@@ -46,9 +46,13 @@ struct ModelWeights {
   std::vector<std::vector<uint8_t>> owned;
 };
 
+// Load: the tensors are mapped (row slices) or copied (column slices). CountOnly: nothing is read
+// or copied (the matrices and norms are left empty); only `bytes` is counted, for planning.
+enum class WeightAccess { Load, CountOnly };
+
 // Picks this slice's tensors out of `files` and checks them; resolves the slice's -1 ends.
 // Throws Error naming the tensor.
-ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {});
+ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {}, WeightAccess access = WeightAccess::Load);
 
 // Throws Error naming the first token id outside the vocabulary.
 void check_token_ids(const ModelConfig& config, const int32_t* tokens, int64_t n);

@@ -22,6 +22,7 @@
 #include "core/process_stats.h"
 #include "comm/self_group.h"
 #include "runtime/local_rank.h"
+#include "runtime/plan_memory.h"
 #include "runtime/rank_job.h"
 
 namespace shardlm {
@@ -83,9 +84,7 @@ void Cluster::start(const ClusterOptions& o) {
   // Every rank needs the context limit before the model is open; read it from the files here.
   {
     auto files = open_model_files(o.model_path);
-    const int64_t max_pos = files->config().max_position_embeddings;
-    context_ = o.context > 0 ? o.context : std::min<int64_t>(max_pos, 4096);
-    SHARDLM_CHECK(context_ <= max_pos, "context {} exceeds the model's max_position_embeddings ({})", context_, max_pos);
+    context_ = context_or_default(o.context, files->config());
     make_plan(files->config(), ro.plan);  // refuse an impossible split before starting any process
   }
   ro.max_context = context_;

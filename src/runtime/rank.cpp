@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "core/process_stats.h"
+#include "runtime/plan_memory.h"
 #if SHARDLM_HAVE_CUDA
 #include "comm/cuda_ipc/peer_group.h"
 #include "model/cuda/cuda_transformer.h"
@@ -19,21 +20,6 @@
 namespace shardlm {
 
 namespace {
-ModelSlice slice_of(const Plan& p, int rank) {
-  const StageRange& st = p.stages[size_t(p.stage_of(rank))];
-  const TpSlice& s = p.slices[size_t(p.tp_rank_of(rank))];
-  ModelSlice m;
-  m.layer_begin = st.layer_begin, m.layer_end = st.layer_end;
-  m.embedding = p.stage_of(rank) == 0;
-  const VocabRange v = p.vocab_of(rank);
-  m.head = p.holds_head(rank);
-  m.head_begin = s.head_begin, m.head_end = s.head_end;
-  m.kv_head_begin = s.kv_head_begin, m.kv_head_end = s.kv_head_end;
-  m.ffn_begin = s.ffn_begin, m.ffn_end = s.ffn_end;
-  m.vocab_begin = m.head ? v.begin : 0, m.vocab_end = m.head ? v.end : 1;
-  return m;
-}
-
 bool cuda_used = false;
 
 std::unique_ptr<ForwardPass> make_forward_pass(const std::string& device, const ModelWeights& w, ThreadPool& pool,
@@ -151,9 +137,7 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   // KV cache from the byte budget; every rank must hold as many blocks as rank 0 will hand out,
   // so the run uses the smallest count of any rank (stages hold different numbers of layers).
   const int64_t block_bytes = transformer_->cache_block_bytes();
-  const int64_t block = KvCache::kDefaultBlockSize;
-  int64_t blocks = o.kv_memory > 0 ? o.kv_memory / block_bytes
-                                   : int64_t(o.max_sequences) * KvCache::blocks_for(o.max_context, block);
+  int64_t blocks = KvCache::blocks_wanted(o.kv_memory, block_bytes, o.max_sequences, o.max_context);
   SHARDLM_CHECK(blocks >= 1, "--kv-memory {} bytes holds no KV block on rank {} (one block: {} bytes)", o.kv_memory,
                 world.rank(), block_bytes);
   std::vector<int64_t> all(size_t(world.size()));

@@ -78,6 +78,21 @@ TEST(DistributedCli, PlanSplitsUnevenly) {
   EXPECT_EQ(j["ranks"][2]["heads"], nlohmann::json({2, 4}));
   EXPECT_EQ(j["ranks"][1]["kv_heads"], nlohmann::json({0, 1}));
   EXPECT_EQ(j["ranks"][2]["kv_heads"], nlohmann::json({1, 2}));
+  // The memory each rank needs: rank 2 has two query heads but one kv head, as rank 0 and 1 do,
+  // so the same KV cache (4 layers x 2 (K, V) x 8 blocks of 16 positions for 2 x 64 positions x
+  // 64 dims x 4 bytes); its weights are larger.
+  Result m = sh(bin() + " plan --model " + test::test_model({}) + " --tp 3 --context 64 --batch 2");
+  ASSERT_EQ(m.status, 0) << m.err;
+  auto mj = nlohmann::json::parse(m.out);
+  EXPECT_EQ(mj["memory"]["context"], 64);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(mj["ranks"][r]["kv_cache_bytes"], 4 * 2 * 8 * 16 * 64 * 4) << r;
+  EXPECT_GT(mj["ranks"][2]["weight_bytes"].get<int64_t>(), mj["ranks"][1]["weight_bytes"].get<int64_t>());
+  EXPECT_EQ(mj["memory"]["largest_cpu_rank_bytes"],
+            mj["ranks"][2]["weight_bytes"].get<int64_t>() + mj["ranks"][2]["kv_cache_bytes"].get<int64_t>());
+  EXPECT_NE(m.err.find("plan: rank 2 (stage 0, tp 2): weights"), std::string::npos) << m.err;
+  Result too_long = sh(bin() + " plan --model " + test::test_model({}) + " --context 1000000");
+  EXPECT_EQ(too_long.status, 1);
+  EXPECT_NE(too_long.err.find("exceeds the model's max_position_embeddings"), std::string::npos) << too_long.err;
   Result bad = sh(bin() + " plan --model " + test::test_model({}) + " --pp 9");
   EXPECT_EQ(bad.status, 1);
   EXPECT_NE(bad.err.find("more pipeline stages than the model's 4 layers"), std::string::npos) << bad.err;
