@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/size_option.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "formats/model_files.h"
@@ -20,7 +21,7 @@ void add_plan(CLI::App& app) {
   auto weights = std::make_shared<std::vector<double>>();
   auto context = std::make_shared<int64_t>(0);
   auto batch = std::make_shared<int>(1);
-  auto kv_memory = std::make_shared<int64_t>(0);
+  auto kv_memory = std::make_shared<std::string>();
   cmd->add_option("-m,--model", *model, "Hugging Face model folder or .gguf file")->required();
   cmd->add_option("--pp", o->pp, "Pipeline-parallel stages")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--tp", o->tp, "Tensor-parallel ranks per stage")->check(CLI::PositiveNumber)->capture_default_str();
@@ -30,14 +31,14 @@ void add_plan(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--batch", *batch, "Sequences decoding together, for the KV cache")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--kv-memory", *kv_memory, "KV cache bytes a rank instead (as generate's --kv-memory)")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--kv-memory", *kv_memory, "KV cache a rank instead, e.g. 512M or 4G (as generate's --kv-memory)");
   cmd->callback([=] {
     o->stage_weights = *weights;
     auto files = open_model_files(*model);
     const Plan p = make_plan(files->config(), *o);
     const int64_t positions = context_or_default(*context, files->config());
-    const std::vector<RankMemory> memory = estimate_memory(*files, p, positions, *batch, *kv_memory);
+    const int64_t kv_budget = kv_memory->empty() ? 0 : parse_size(*kv_memory, "--kv-memory");
+    const std::vector<RankMemory> memory = estimate_memory(*files, p, positions, *batch, kv_budget);
     nlohmann::json j = plan_to_json(p, files->config());
     int64_t largest_cpu = 0, largest_gpu = 0;
     for (int r = 0; r < p.world_size(); ++r) {
@@ -58,7 +59,7 @@ void add_plan(CLI::App& app) {
     // rank copies it (plus scratch of its own, not counted here).
     j["memory"] = {{"context", positions},
                    {"sequences", *batch},
-                   {"kv_memory", *kv_memory},
+                   {"kv_memory", kv_budget},
                    {"largest_cpu_rank_bytes", largest_cpu},
                    {"largest_gpu_rank_bytes", largest_gpu}};
     fmt::print("{}\n", j.dump(2));

@@ -396,3 +396,19 @@ TEST(CudaHost, GpuSweepRefusesAnEmulatedLink) {
             0);
   EXPECT_NE(stderr_text.find("cannot be used with --device cuda"), std::string::npos) << stderr_text;
 }
+
+// A KV cache larger than the GPU is refused before it is allocated, saying how much it needs, how
+// much is free and what to change (a failed cudaMalloc would say only "out of memory").
+TEST(Cuda, AKvCacheLargerThanTheGpuIsRefusedWithWhatToChange) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  std::string stdout_text, stderr_text;
+  EXPECT_NE(test::run_command(test::shardlm_binary() + " generate --model " + model +
+                                  " --prompt hello -n 2 --device cuda --kv-memory 2000G",
+                              &stdout_text, &stderr_text),
+            0);
+  std::printf("%s", stderr_text.c_str());
+  EXPECT_NE(stderr_text.find("GPU 0: the KV cache needs 2147"), std::string::npos) << stderr_text;
+  EXPECT_NE(stderr_text.find("GB are free; lower --context or --batch, or give --kv-memory"), std::string::npos)
+      << stderr_text;
+}
