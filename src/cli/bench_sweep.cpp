@@ -60,7 +60,6 @@ std::string read_first_line_with(const char* path, const char* key) {
   return "";
 }
 
-int64_t mem_available_bytes() { return std::atoll(read_first_line_with("/proc/meminfo", "MemAvailable").c_str()) * 1024; }
 
 // The host, and the ceilings the points are measured against: the CPU's read bandwidth and FMA
 // peak, or with --device cuda GPU 0's read and copy bandwidth and bf16 FLOP/s.
@@ -112,9 +111,9 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model,
             {"warmup", f.warmup}, {"device", f.device}};
   // The ranks share this host's memory: refuse a point that cannot fit rather than be killed.
   const int64_t needed = model["file_bytes"].get<int64_t>() + (256ll << 20) * p.pp * p.tp;
-  if (needed > mem_available_bytes()) {
+  if (needed > available_memory_bytes()) {
     r["status"] = "skipped";
-    r["reason"] = fmt::format("needs about {:.1f} GB, {:.1f} GB available", needed / 1e9, mem_available_bytes() / 1e9);
+    r["reason"] = fmt::format("needs about {:.1f} GB, {:.1f} GB available", needed / 1e9, available_memory_bytes() / 1e9);
     return r;
   }
   try {

@@ -6,8 +6,9 @@
 namespace shardlm {
 
 namespace {
-int64_t status_kb(const char* key) {
-  FILE* f = std::fopen("/proc/self/status", "r");
+// The kB figure on the line of `file` that starts with `key` ("VmHWM:"), or -1.
+int64_t status_kb(const char* key, const char* file = "/proc/self/status") {
+  FILE* f = std::fopen(file, "r");
   if (!f) return -1;
   char line[256];
   int64_t kb = -1;
@@ -25,6 +26,11 @@ int64_t status_kb(const char* key) {
 
 int64_t peak_rss_bytes() { return status_kb("VmHWM:") * 1024; }
 int64_t current_rss_bytes() { return status_kb("VmRSS:") * 1024; }
+
+int64_t available_memory_bytes() {
+  const int64_t kb = status_kb("MemAvailable:", "/proc/meminfo");
+  return kb < 0 ? -1 : kb * 1024;
+}
 
 void reset_peak_rss() {
   if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {

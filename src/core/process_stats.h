@@ -1,4 +1,4 @@
-// What this process costs the machine: peak resident memory and wall time.
+// What this process costs the machine (peak resident memory, wall time) and what the machine has left.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -9,6 +9,8 @@ namespace shardlm {
 int64_t peak_rss_bytes();
 // Current resident set size in bytes (VmRSS).
 int64_t current_rss_bytes();
+// Memory the kernel can give without swapping (MemAvailable), in bytes; -1 where unknown.
+int64_t available_memory_bytes();
 // Starts the peak over from the current size (Linux clear_refs), e.g. after a measurement's
 // scratch buffer is freed, so the peak reported is the model's.
 void reset_peak_rss();

@@ -234,4 +234,7 @@ TEST(Cli, PromptsFileRunsRequestsTogetherAndReportsEach) {
   std::ofstream(dir + "/bad.jsonl") << "{\"prompt\": \"ok\"}\n{\"prompt\": 5}\n";
   expect_one_error_line(shardlm_run("generate --model " + model + " --prompts-file " + dir + "/bad.jsonl"), "bad.jsonl:2");
   expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --kv-memory 12Q"), "unknown unit 'Q'");
+  // A KV cache larger than the host's memory is refused before it is allocated (it was killed).
+  expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --kv-memory 900000G"),
+                        "this rank's KV cache needs 966367.64 GB but the host has");
 }
