@@ -30,8 +30,10 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--context", *context, "Positions a sequence may hold, for the KV cache (0: the model's, up to 4096)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--batch", *batch, "Sequences decoding together, for the KV cache")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--kv-memory", *kv_memory, "KV cache a rank instead, e.g. 512M or 4G (as generate's --kv-memory)");
+  cmd->add_option("--max-batch", *batch, "Sequences decoding together, for the KV cache (as generate's)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--kv-memory", *kv_memory, "KV cache per rank instead, e.g. 512M or 4G (as generate's)");
   cmd->callback([=] {
     o->stage_weights = *weights;
     auto files = open_model_files(*model);

@@ -27,6 +27,12 @@ int64_t status_kb(const char* key, const char* file = "/proc/self/status") {
 int64_t peak_rss_bytes() { return status_kb("VmHWM:") * 1024; }
 int64_t current_rss_bytes() { return status_kb("VmRSS:") * 1024; }
 
+std::string gib(int64_t bytes) {
+  char text[48];
+  std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(int64_t(1) << 30));
+  return text;
+}
+
 int64_t available_memory_bytes() {
   const int64_t kb = status_kb("MemAvailable:", "/proc/meminfo");
   return kb < 0 ? -1 : kb * 1024;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
 
 #include "formats/model_config.h"
 #include "model/kv_cache.h"
@@ -93,6 +94,10 @@ class ForwardPass {
   virtual void set_device_pipeline(DeviceGroup* /*group*/, int /*from*/, int /*to*/) {}
   // The GPU this pass runs on, -1 on the CPU.
   virtual int device_ordinal() const { return -1; }
+  // Free bytes where this pass keeps its KV cache (the host's available memory, a GPU's free
+  // memory; -1 where unknown), and that memory's name ("the host", "GPU 1").
+  virtual int64_t free_memory_bytes() const;
+  virtual std::string memory_name() const { return "the host"; }
 
   virtual const ModelConfig& config() const = 0;
   // Bytes one cache block costs on this rank, and a cache of `blocks` blocks for its layers

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/process_stats.h"
 #include "kernels/cpu/ops.h"
 #include "model/rope.h"
 
@@ -84,6 +85,8 @@ void Transformer::mlp_block(const LayerWeights& L, float* x, int64_t n) {
   ops::swiglu(gate_.data(), up_.data(), gate_.data(), n * ffn_);
   project_and_add(L.down, gate_.data(), n, x);
 }
+
+int64_t ForwardPass::free_memory_bytes() const { return available_memory_bytes(); }
 
 void ForwardPass::head_argmax(const float* x, std::span<const int64_t> rows, float* values, int32_t* ids) {
   const int64_t V = local_vocab();

@@ -50,6 +50,14 @@ struct ModelWeights {
 // or copied (the matrices and norms are left empty); only `bytes` is counted, for planning.
 enum class WeightAccess { Load, CountOnly };
 
+// Whether a GPU rank holding `w` copies the embedding table apart from its head: a first stage
+// does, unless its head is the whole tied table already.
+inline bool embedding_copied(const ModelWeights& w) {
+  const bool whole_tied_head = w.config.tie_word_embeddings && w.slice.head && w.slice.vocab_begin == 0 &&
+                               w.slice.vocab_end == w.config.vocab_size;
+  return w.slice.embedding && !whole_tied_head;
+}
+
 // Picks this slice's tensors out of `files` and checks them; resolves the slice's -1 ends.
 // Throws Error naming the tensor.
 ModelWeights load_weights(const ModelFiles& files, ModelSlice slice = {}, WeightAccess access = WeightAccess::Load);

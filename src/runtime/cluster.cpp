@@ -85,7 +85,18 @@ void Cluster::start(const ClusterOptions& o) {
   {
     auto files = open_model_files(o.model_path);
     context_ = context_or_default(o.context, files->config());
-    make_plan(files->config(), ro.plan);  // refuse an impossible split before starting any process
+    const Plan plan = make_plan(files->config(), ro.plan);  // refuse an impossible split before starting any process
+    // CPU ranks started here share this host's memory: their KV caches together must fit (each
+    // rank checks only its own, and they all check before any allocates).
+    if (o.device == "cpu" && o.backend != "mpi" && o.hosts_file.empty() && world > 1) {
+      int64_t caches = 0;
+      for (const RankMemory& m : estimate_memory(*files, plan, context_, o.max_batch, o.kv_memory)) caches += m.kv_cache_bytes;
+      const int64_t available = available_memory_bytes();
+      SHARDLM_CHECK(available < 0 || caches <= available,
+                    "the {} ranks' KV caches need {} together but the host has {} available; {}", world, gib(caches),
+                    gib(available),
+                    o.kv_memory > 0 ? "lower --kv-memory" : "lower --context or --max-batch, or give a smaller --kv-memory");
+    }
   }
   ro.max_context = context_;
   ro.max_sequences = o.max_batch;
@@ -297,8 +308,12 @@ void Cluster::shutdown_quietly() {
     } catch (const std::exception&) {
     }
   }
+  // Rank 0 never started (it failed while loading): its peers may be waiting for it in a
+  // collective. Closing its end ends their wait at once, rather than the 10 s grace.
+  const bool started = rank0_ != nullptr;
+  if (driver_ && !started) world_.reset();
   // Give the ranks a moment to leave on their own, then make sure.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(healthy_ ? 10 : 1);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(healthy_ && started ? 10 : 1);
   for (pid_t pid : children_) {
     int status;
     while (::waitpid(pid, &status, WNOHANG) == 0) {

@@ -39,16 +39,16 @@ std::vector<RankMemory> estimate_memory(const ModelFiles& files, const Plan& pla
     const ModelWeights w = load_weights(files, slice_of(plan, r), WeightAccess::CountOnly);
     RankMemory& m = ranks[size_t(r)];
     m.weight_bytes = w.bytes;
-    const bool whole_tied_head = c.tie_word_embeddings && w.slice.head && w.slice.vocab_begin == 0 &&
-                                 w.slice.vocab_end == c.vocab_size;
-    if (w.slice.embedding && !whole_tied_head) m.embedding_bytes = w.embedding.nbytes;
+    if (embedding_copied(w)) m.embedding_bytes = w.embedding.nbytes;
     block_bytes[size_t(r)] = KvCache::block_bytes(w.slice.layer_end - w.slice.layer_begin,
                                                   w.slice.kv_head_end - w.slice.kv_head_begin, c.head_dim,
                                                   KvCache::kDefaultBlockSize);
     const int64_t wanted = KvCache::blocks_wanted(kv_memory, block_bytes[size_t(r)], sequences, context);
     blocks = blocks < 0 ? wanted : std::min(blocks, wanted);
   }
-  for (size_t r = 0; r < ranks.size(); ++r) ranks[r].kv_cache_bytes = std::max<int64_t>(blocks, 0) * block_bytes[r];
+  SHARDLM_CHECK(blocks >= 1, "--kv-memory {} bytes holds no KV block on some rank (a block costs up to {} bytes)", kv_memory,
+                *std::max_element(block_bytes.begin(), block_bytes.end()));
+  for (size_t r = 0; r < ranks.size(); ++r) ranks[r].kv_cache_bytes = blocks * block_bytes[r];
   return ranks;
 }
 

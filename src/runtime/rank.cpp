@@ -140,12 +140,12 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   int64_t blocks = KvCache::blocks_wanted(o.kv_memory, block_bytes, o.max_sequences, o.max_context);
   SHARDLM_CHECK(blocks >= 1, "--kv-memory {} bytes holds no KV block on rank {} (one block: {} bytes)", o.kv_memory,
                 world.rank(), block_bytes);
-  if (gpu < 0) {  // a CPU rank's cache is host memory, every page touched: refuse what the host lacks
-    const int64_t bytes = blocks * block_bytes, available = available_memory_bytes();
-    SHARDLM_CHECK(available < 0 || bytes <= available,
-                  "this rank's KV cache needs {:.2f} GB but the host has {:.2f} GB available; lower --context or "
-                  "--batch, or give --kv-memory", double(bytes) / 1e9, double(available) / 1e9);
-  }
+  // Refused before the barrier, where its memory cannot hold it: a run never reports ready
+  // without its cache (a CPU rank's pages are all touched: the kernel would kill it).
+  const int64_t cache_bytes = blocks * block_bytes, free = transformer_->free_memory_bytes();
+  SHARDLM_CHECK(free < 0 || cache_bytes <= free, "this rank's KV cache needs {} but {} has {} free; {}", gib(cache_bytes),
+                transformer_->memory_name(), gib(free),
+                o.kv_memory > 0 ? "lower --kv-memory" : "lower --context or --max-batch, or give a smaller --kv-memory");
   std::vector<int64_t> all(size_t(world.size()));
   world.all_gather(&blocks, sizeof blocks, all.data());  // also: every rank has loaded
   kv_blocks_ = *std::min_element(all.begin(), all.end());

@@ -234,7 +234,10 @@ TEST(Cli, PromptsFileRunsRequestsTogetherAndReportsEach) {
   std::ofstream(dir + "/bad.jsonl") << "{\"prompt\": \"ok\"}\n{\"prompt\": 5}\n";
   expect_one_error_line(shardlm_run("generate --model " + model + " --prompts-file " + dir + "/bad.jsonl"), "bad.jsonl:2");
   expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --kv-memory 12Q"), "unknown unit 'Q'");
-  // A KV cache larger than the host's memory is refused before it is allocated (it was killed).
+  // A KV cache larger than the host's memory is refused before it is allocated (it was killed):
+  // one rank's, or the local ranks' together, in the units the flag was given in.
   expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --kv-memory 900000G"),
-                        "this rank's KV cache needs 966367.64 GB but the host has");
+                        "this rank's KV cache needs 900000.00 GiB but the host has");
+  expect_one_error_line(shardlm_run("generate --model " + model + " --prompt hi --pp 2 --kv-memory 900000G"),
+                        "the 2 ranks' KV caches need 1800000.00 GiB together but the host has");
 }

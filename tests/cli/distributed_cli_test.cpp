@@ -81,7 +81,7 @@ TEST(DistributedCli, PlanSplitsUnevenly) {
   // The memory each rank needs: rank 2 has two query heads but one kv head, as rank 0 and 1 do,
   // so the same KV cache (4 layers x 2 (K, V) x 8 blocks of 16 positions for 2 x 64 positions x
   // 64 dims x 4 bytes); its weights are larger.
-  Result m = sh(bin() + " plan --model " + test::test_model({}) + " --tp 3 --context 64 --batch 2");
+  Result m = sh(bin() + " plan --model " + test::test_model({}) + " --tp 3 --context 64 --max-batch 2");
   ASSERT_EQ(m.status, 0) << m.err;
   auto mj = nlohmann::json::parse(m.out);
   EXPECT_EQ(mj["memory"]["context"], 64);

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "formats/model_files.h"
 #include "runtime/cluster.h"
 #include "runtime/plan_memory.h"
@@ -77,4 +78,26 @@ TEST(PlanMemory, ATiedHeadThatHoldsTheWholeTableNeedsNoEmbeddingCopy) {
   EXPECT_EQ(pp2[0].embedding_bytes, c.vocab_size * c.hidden_size * 2);
   EXPECT_EQ(pp2[1].embedding_bytes, 0);
   expect_estimate_matches_cluster(dir + "/m", 2, 1, 64, 1);
+}
+
+TEST(PlanMemory, UnevenSlicesQwen3AndQuantizedGgufAreCountedAlike) {
+  // 4 heads over 3 ranks (1, 1, 2; a kv head held by two ranks), Qwen3's q and k norms, and a
+  // q8_0 GGUF whose column slices fall on 32-weight block boundaries.
+  const std::string qwen3 = test::test_model(test::parse_make_model_flags("--arch qwen3 --preset tiny --dtype bf16"));
+  expect_estimate_matches_cluster(qwen3, 1, 3, 64, 1);
+  expect_estimate_matches_cluster(qwen3, 2, 2, 64, 1);
+  const std::string gguf = test::scratch_dir("plan-memory-gguf") + "/tiny-q8_0.gguf";
+  ASSERT_EQ(test::run_command(test::shardlm_binary() + " -q convert --model " + test::test_model({}) + " --out " + gguf +
+                                  " --dtype q8_0",
+                              nullptr),
+            0);
+  expect_estimate_matches_cluster(gguf, 1, 3, 64, 1);
+  expect_estimate_matches_cluster(gguf, 2, 2, 64, 2);
+}
+
+TEST(PlanMemory, AKvBudgetBelowOneBlockIsRefusedAsTheRanksRefuseIt) {
+  auto files = open_model_files(test::test_model({}));
+  PlanOptions two;
+  two.pp = 2;
+  EXPECT_THROW(estimate_memory(*files, make_plan(files->config(), two), 64, 1, 1024), Error);
 }

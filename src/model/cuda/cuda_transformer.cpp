@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/process_stats.h"
 #include "core/log.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device_buffer.h"
@@ -337,17 +338,6 @@ struct CudaTransformer::Impl {
   }
 };
 
-namespace {
-// Refuses, before allocating, what cannot fit on the current GPU: says how much is needed and free
-// and what to change, where a failed cudaMalloc would say only "out of memory".
-void require_device_memory(int device, int64_t bytes, const char* what, const char* remedy) {
-  size_t free = 0, total = 0;
-  SHARDLM_CUDA_CHECK(cudaMemGetInfo(&free, &total));
-  SHARDLM_CHECK(uint64_t(bytes) <= free, "GPU {}: {} needs {:.2f} GB but {:.2f} GB of its {:.2f} GB are free; {}", device,
-                what, double(bytes) / 1e9, double(free) / 1e9, double(total) / 1e9, remedy);
-}
-}  // namespace
-
 CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_(std::make_unique<Impl>()) {
   int count = 0;
   SHARDLM_CUDA_CHECK(cudaGetDeviceCount(&count));
@@ -355,12 +345,11 @@ CudaTransformer::CudaTransformer(const ModelWeights& w, int rank) : w_(w), impl_
   device_ = rank % count;
   SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
   // The weights in their own dtype, and the embedding where the head's copy is not the whole
-  // table (as `shardlm plan` counts them).
-  const bool whole_tied_head = w.config.tie_word_embeddings && w.slice.head && w.slice.vocab_begin == 0 &&
-                               w.slice.vocab_end == w.config.vocab_size;
-  require_device_memory(device_, w.bytes + (w.slice.embedding && !whole_tied_head ? w.embedding.nbytes : 0),
-                        "this rank's weights",
-                        "split the model over more GPUs (--pp or --tp) or use a quantized GGUF (q8_0, q4_0)");
+  // table (as `shardlm plan` counts them): refused before copying, where a failed cudaMalloc
+  // would say only "out of memory".
+  const int64_t needed = w.bytes + (embedding_copied(w) ? w.embedding.nbytes : 0), free = free_memory_bytes();
+  SHARDLM_CHECK(needed <= free, "this rank's weights need {} but {} has {} free; split the model over more GPUs (--pp or "
+                "--tp) or use a quantized GGUF (q8_0, q4_0)", gib(needed), memory_name(), gib(free));
   Impl& d = *impl_;
   SHARDLM_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
   d.n_heads = w.slice.head_end - w.slice.head_begin;
@@ -417,14 +406,19 @@ KvCache CudaTransformer::make_cache(int64_t blocks) {
   d.cache_blocks = blocks;  // every block in one step's tables at most
   const ModelConfig& c = config();
   d.reserve_scratch(cuda::kFlashAttentionRows, c.hidden_size, d.n_heads * c.head_dim, d.n_kv_heads * c.head_dim);
-  require_device_memory(device_, int64_t(2 * w_.layers.size() * layer_bytes), "the KV cache",
-                        "lower --context or --batch, or give --kv-memory");
   for (size_t l = 0; l < w_.layers.size(); ++l) {
     d.k_pools.emplace_back(layer_bytes);
     d.v_pools.emplace_back(layer_bytes);
   }
   return KvCache(int64_t(w_.layers.size()), d.n_kv_heads, config().head_dim, KvCache::kDefaultBlockSize, blocks,
                  /*host_pools=*/false);
+}
+
+int64_t CudaTransformer::free_memory_bytes() const {
+  size_t free = 0, total = 0;
+  SHARDLM_CUDA_CHECK(cudaSetDevice(device_));
+  SHARDLM_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return int64_t(free);
 }
 
 int64_t CudaTransformer::device_bytes() const {

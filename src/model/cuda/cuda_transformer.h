@@ -31,6 +31,8 @@ class CudaTransformer : public ForwardPass {
     pipeline_ = group, pipeline_from_ = from, pipeline_to_ = to;
   }
   int device_ordinal() const override { return device_; }
+  int64_t free_memory_bytes() const override;
+  std::string memory_name() const override { return "GPU " + std::to_string(device_); }
   const ModelConfig& config() const override { return w_.config; }
   int64_t cache_block_bytes() const override;
   KvCache make_cache(int64_t blocks) override;
