@@ -60,7 +60,6 @@ std::string read_first_line_with(const char* path, const char* key) {
   return "";
 }
 
-
 // The host, and the ceilings the points are measured against: the CPU's read bandwidth and FMA
 // peak, or with --device cuda GPU 0's read and copy bandwidth and bf16 FLOP/s.
 json machine_json(const std::string& device) {
@@ -69,7 +68,7 @@ json machine_json(const std::string& device) {
   json m = {{"hostname", host},
             {"cpu", read_first_line_with("/proc/cpuinfo", "model name")},
             {"cores", ThreadPool::default_threads()},
-            {"memory_bytes", std::atoll(read_first_line_with("/proc/meminfo", "MemTotal").c_str()) * 1024},
+            {"memory_bytes", total_memory_bytes()},
             {"simd", simd_level_name(simd_level())},
             {"device", device}};
   if (device == "cuda") {
@@ -111,9 +110,9 @@ json run_point(const SweepPoint& p, const BenchSweepFlags& f, const json& model,
             {"warmup", f.warmup}, {"device", f.device}};
   // The ranks share this host's memory: refuse a point that cannot fit rather than be killed.
   const int64_t needed = model["file_bytes"].get<int64_t>() + (256ll << 20) * p.pp * p.tp;
-  if (needed > available_memory_bytes()) {
+  if (const int64_t available = available_memory_bytes(); needed > available) {
     r["status"] = "skipped";
-    r["reason"] = fmt::format("needs about {:.1f} GB, {:.1f} GB available", needed / 1e9, available_memory_bytes() / 1e9);
+    r["reason"] = fmt::format("needs about {:.1f} GB, {:.1f} GB available", needed / 1e9, available / 1e9);
     return r;
   }
   try {

@@ -7,6 +7,7 @@
 #include "cli/size_option.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/process_stats.h"
 #include "formats/model_files.h"
 #include "parallel/plan.h"
 #include "runtime/plan_memory.h"
@@ -51,11 +52,9 @@ void add_plan(CLI::App& app) {
       rank["kv_cache_bytes"] = m.kv_cache_bytes;
       largest_cpu = std::max(largest_cpu, m.weight_bytes + m.kv_cache_bytes);
       largest_gpu = std::max(largest_gpu, m.weight_bytes + m.embedding_bytes + m.kv_cache_bytes);
-      log_info("plan: rank {} (stage {}, tp {}): weights {:.2f} GB, KV cache {:.2f} GB{}", r, p.stage_of(r),
-               p.tp_rank_of(r), m.weight_bytes / 1e9, m.kv_cache_bytes / 1e9,
-               m.embedding_bytes ? fmt::format(", embedding {:.2f} GB (copied on a GPU; mapped on a CPU)",
-                                               m.embedding_bytes / 1e9)
-                                 : "");
+      log_info("plan: rank {} (stage {}, tp {}): weights {}, KV cache {}{}", r, p.stage_of(r), p.tp_rank_of(r),
+               gib(m.weight_bytes), gib(m.kv_cache_bytes),
+               m.embedding_bytes ? ", embedding " + gib(m.embedding_bytes) + " (copied on a GPU; mapped on a CPU)" : "");
     }
     // The largest rank's weights and KV cache: a CPU rank maps its embedding from the file, a GPU
     // rank copies it (plus scratch of its own, not counted here).

@@ -7,7 +7,7 @@ namespace shardlm {
 
 namespace {
 // The kB figure on the line of `file` that starts with `key` ("VmHWM:"), or -1.
-int64_t status_kb(const char* key, const char* file = "/proc/self/status") {
+int64_t proc_kb(const char* key, const char* file = "/proc/self/status") {
   FILE* f = std::fopen(file, "r");
   if (!f) return -1;
   char line[256];
@@ -24,8 +24,8 @@ int64_t status_kb(const char* key, const char* file = "/proc/self/status") {
 }
 }  // namespace
 
-int64_t peak_rss_bytes() { return status_kb("VmHWM:") * 1024; }
-int64_t current_rss_bytes() { return status_kb("VmRSS:") * 1024; }
+int64_t peak_rss_bytes() { return proc_kb("VmHWM:") * 1024; }
+int64_t current_rss_bytes() { return proc_kb("VmRSS:") * 1024; }
 
 std::string gib(int64_t bytes) {
   char text[48];
@@ -34,7 +34,12 @@ std::string gib(int64_t bytes) {
 }
 
 int64_t available_memory_bytes() {
-  const int64_t kb = status_kb("MemAvailable:", "/proc/meminfo");
+  const int64_t kb = proc_kb("MemAvailable:", "/proc/meminfo");
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+int64_t total_memory_bytes() {
+  const int64_t kb = proc_kb("MemTotal:", "/proc/meminfo");
   return kb < 0 ? -1 : kb * 1024;
 }
 

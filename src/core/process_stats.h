@@ -12,6 +12,8 @@ int64_t peak_rss_bytes();
 int64_t current_rss_bytes();
 // Memory the kernel can give without swapping (MemAvailable), in bytes; -1 where unknown.
 int64_t available_memory_bytes();
+// The host's memory (MemTotal), in bytes; -1 where unknown.
+int64_t total_memory_bytes();
 // "12.50 GiB": binary units, as sizes on the command line (--kv-memory 4G) are read.
 std::string gib(int64_t bytes);
 // Starts the peak over from the current size (Linux clear_refs), e.g. after a measurement's

@@ -94,8 +94,7 @@ void Cluster::start(const ClusterOptions& o) {
       const int64_t available = available_memory_bytes();
       SHARDLM_CHECK(available < 0 || caches <= available,
                     "the {} ranks' KV caches need {} together but the host has {} available; {}", world, gib(caches),
-                    gib(available),
-                    o.kv_memory > 0 ? "lower --kv-memory" : "lower --context or --max-batch, or give a smaller --kv-memory");
+                    gib(available), kv_cache_remedy(o.kv_memory));
     }
   }
   ro.max_context = context_;

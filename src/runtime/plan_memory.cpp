@@ -29,6 +29,10 @@ ModelSlice slice_of(const Plan& p, int rank) {
   return m;
 }
 
+const char* kv_cache_remedy(int64_t kv_memory) {
+  return kv_memory > 0 ? "lower --kv-memory" : "lower --context or --max-batch, or give a smaller --kv-memory";
+}
+
 std::vector<RankMemory> estimate_memory(const ModelFiles& files, const Plan& plan, int64_t context, int sequences,
                                         int64_t kv_memory) {
   const ModelConfig& c = files.config();

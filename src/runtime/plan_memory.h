@@ -28,6 +28,10 @@ struct RankMemory {
   int64_t kv_cache_bytes = 0;
 };
 
+// What to change when a KV cache does not fit: the budget where one was given (`kv_memory` > 0),
+// else the context and batch it was sized by.
+const char* kv_cache_remedy(int64_t kv_memory);
+
 // Every rank's memory for `sequences` sequences of `context` positions (or a KV budget of
 // `kv_memory` bytes a rank), from the tensor headers of `files`: nothing is read. The KV blocks
 // are the fewest any rank asks for, as a cluster uses them.

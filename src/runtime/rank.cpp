@@ -144,8 +144,7 @@ Rank::Rank(const RankOptions& o, comm::Group& world) : options_(o), world_(world
   // without its cache (a CPU rank's pages are all touched: the kernel would kill it).
   const int64_t cache_bytes = blocks * block_bytes, free = transformer_->free_memory_bytes();
   SHARDLM_CHECK(free < 0 || cache_bytes <= free, "this rank's KV cache needs {} but {} has {} free; {}", gib(cache_bytes),
-                transformer_->memory_name(), gib(free),
-                o.kv_memory > 0 ? "lower --kv-memory" : "lower --context or --max-batch, or give a smaller --kv-memory");
+                transformer_->memory_name(), gib(free), kv_cache_remedy(o.kv_memory));
   std::vector<int64_t> all(size_t(world.size()));
   world.all_gather(&blocks, sizeof blocks, all.data());  // also: every rank has loaded
   kv_blocks_ = *std::min_element(all.begin(), all.end());
