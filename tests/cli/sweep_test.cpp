@@ -125,6 +125,22 @@ TEST(Sweep, ThreePointsRecordEveryFieldConsistentlyAndPlot) {
     titles.erase("Gnuplot");
     EXPECT_EQ(titles, series);
   }
+  // A file holding a GPU sweep's records beside the CPU ones (results are appended): each record's
+  // own memory (GPU bytes for the GPU one), the chart named for both.
+  {
+    std::ofstream mixed(out + "/mixed.jsonl");
+    for (const json& r : records) {  // a GPU record first: the CPU ones lack its memory key
+      json gpu = r;
+      gpu["device"] = "cuda";
+      gpu["max_device_bytes"] = int64_t(7) << 30;
+      mixed << gpu.dump() << "\n" << r.dump() << "\n";
+    }
+  }
+  status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/mixed.jsonl --out " + out + "/mixed",
+                             nullptr, &stderr_text);
+  ASSERT_EQ(status, 0) << stderr_text;
+  const std::string memory = slurp(out + "/mixed/memory.dat");
+  EXPECT_NE(memory.find("\"GPU memory or peak RSS GB per rank\""), std::string::npos) << memory;
   // A file that is not a sweep is refused with its name.
   std::ofstream(out + "/junk.jsonl") << "not json\n";
   status = test::run_command(test::shardlm_binary() + " bench --plot " + out + "/junk.jsonl", nullptr, &stderr_text);

@@ -411,3 +411,41 @@ TEST(Cuda, AKvCacheLargerThanTheGpuIsRefusedWithWhatToChange) {
   EXPECT_NE(stderr_text.find("this rank's KV cache needs 2000.00 GiB but GPU 0 has"), std::string::npos) << stderr_text;
   EXPECT_NE(stderr_text.find("GiB free; lower --kv-memory"), std::string::npos) << stderr_text;
 }
+
+// `bench --device cuda` sets decode beside both of GPU 0's ceilings: the read bandwidth and the
+// copy bandwidth issue 6 names, each measured in the run, the fractions their quotients.
+TEST(Cuda, BenchReportsDecodeAgainstTheReadAndCopyBandwidth) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  std::string stdout_text, stderr_text;
+  ASSERT_EQ(test::run_command(test::shardlm_binary() + " -q bench --model " + model +
+                                  " --single --device cuda --prompt-tokens 16 --decode-tokens 16 --repeats 1 --json",
+                              &stdout_text, &stderr_text),
+            0)
+      << stderr_text;
+  const nlohmann::json j = nlohmann::json::parse(stdout_text);
+  const double read = j["read_bandwidth_bytes_s"], copy = j["copy_bandwidth_bytes_s"], streamed = j["decode_bytes_s"];
+  EXPECT_GT(copy, 0.6 * read);
+  EXPECT_LT(copy, 1.05 * read);
+  EXPECT_DOUBLE_EQ(j["decode_fraction_of_read_bandwidth"].get<double>(), streamed / read);
+  EXPECT_DOUBLE_EQ(j["decode_fraction_of_copy_bandwidth"].get<double>(), streamed / copy);
+  EXPECT_NE(j["device"].get<std::string>().find("NVIDIA"), std::string::npos);
+}
+
+// Rank 0 failing while it loads (here: its KV budget holds no block of its three layers, while
+// rank 1's one layer fits two) closes its group, so rank 1, waiting for it in the start-up
+// barrier, leaves at once: the run ends with rank 0's reason, not after a 10 s grace.
+TEST(Cuda, ARankZeroThatFailsToLoadLetsItsPeerGoAtOnce) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::string model = test::test_model(test::parse_make_model_flags("--arch llama --preset tiny --dtype bf16"));
+  std::string stdout_text, stderr_text;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_NE(test::run_command(test::shardlm_binary() + " generate --model " + model +
+                                  " --prompt hi -n 2 --device cuda --pp 2 --stage-weights 3,1 --kv-memory 40K",
+                              &stdout_text, &stderr_text),
+            0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("%s(%.2f s)\n", stderr_text.c_str(), seconds);
+  EXPECT_NE(stderr_text.find("holds no KV block on rank 0"), std::string::npos) << stderr_text;
+  EXPECT_LT(seconds, 8.0);
+}
